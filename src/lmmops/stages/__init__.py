@@ -1,0 +1,121 @@
+"""The pipeline stages and the one function that runs any of them.
+
+`run_stage(name, cfg, root)` is the single code path behind `lmmops <stage>` (used by dvc.yaml) and
+the Prefect flows in flows/: it opens an MLflow run with the lineage tags, calls the stage's
+implementation, logs the returned metrics and writes them to `metrics/<stage>.json` for DVC.
+
+A stage implementation is a function `(cfg, ctx: StageContext) -> dict[str, float]` living next to
+its library code (e.g. `lmmops.stages.data:generate`). They are imported lazily so that the command
+line and the flows start fast and flows/ never imports torch.
+
+The order of STAGES is the order of dvc.yaml.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lmmops.config import STAGE_CONFIGS, flatten, load_stage_config, params_hash, to_dict
+
+log = logging.getLogger("lmmops")
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    impl: str  # "module:function"
+    help: str
+    key_metrics: tuple[str, ...] = ()
+
+
+STAGES: dict[str, Stage] = {
+    s.name: s
+    for s in [
+        Stage(
+            "generate",
+            "lmmops.stages.data:generate",
+            "write the five synthetic dataset families into data/ (real public formats) and dvc-add them",
+            ("files", "vqa_questions", "deepscaler_rows", "multimodal_rows", "sokoban_levels", "seconds"),
+        ),
+        Stage(
+            "validate",
+            "lmmops.stages.data:validate",
+            "run one Great Expectations suite per dataset family; fail with a file/row/field report",
+            ("success", "failures", "rows", "seconds"),
+        ),
+    ]
+}
+assert set(STAGES) == set(STAGE_CONFIGS), "every stage needs a typed config in lmmops.config"
+
+
+class StageFailed(RuntimeError):
+    """A stage ran to the end but its result is a failure (e.g. validation found bad rows).
+
+    The metrics are still logged to the (FAILED) MLflow run; the command line exits non-zero."""
+
+    def __init__(self, message: str, metrics: dict[str, float] | None = None):
+        super().__init__(message)
+        self.metrics = metrics or {}
+
+
+@dataclass
+class StageContext:
+    """What a stage implementation gets besides its config: the repo root and its MLflow run."""
+
+    root: Path
+    run: Any  # lmmops.tracking.StageRun
+
+    def path(self, relative: str | Path) -> Path:
+        p = Path(relative)
+        return p if p.is_absolute() else self.root / p
+
+
+def metrics_path(root: Path, stage: str) -> Path:
+    return Path(root) / "metrics" / f"{stage}.json"
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to a temp file beside `path`, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
+
+
+def run_stage(name: str, cfg: Any | None = None, *, root: Path | None = None,
+              params_path: Path | None = None) -> dict[str, float]:
+    """Run stage `name` with `cfg` (or its section of params.yaml) inside a tracked MLflow run."""
+    from lmmops import tracking
+
+    if name not in STAGES:
+        raise ValueError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
+    root = Path(root or Path.cwd()).resolve()
+    if cfg is None:
+        cfg = load_stage_config(name, params_path or root / "params.yaml")
+    stage = STAGES[name]
+    module, func = stage.impl.split(":")
+    impl = getattr(importlib.import_module(module), func)
+
+    started = time.perf_counter()
+    log.info("stage %s: starting", name)
+    with tracking.stage_run(name, root=root, params=flatten(to_dict(cfg)), params_hash=params_hash(cfg)) as run:
+        if stage.key_metrics:
+            run.set_key_metrics(list(stage.key_metrics))
+        try:
+            metrics = dict(impl(cfg, StageContext(root=root, run=run)) or {})
+        except StageFailed as exc:
+            run.log_metrics(exc.metrics)
+            raise
+        seconds = round(time.perf_counter() - started, 2)
+        run.log_metrics({**metrics, "seconds": seconds})
+        # The metrics file is git-tracked for `dvc metrics diff`: keep it deterministic (no timings).
+        write_json_atomic(metrics_path(root, name), metrics)
+    log.info("stage %s: done in %.1f s", name, time.perf_counter() - started)
+    return metrics
