@@ -77,7 +77,7 @@ def test_misspelled_key_in_params_file(tmp_path: Path):
 def test_unknown_section_and_missing_file(tmp_path: Path):
     params = tmp_path / "params.yaml"
     params.write_text("genrate:\n  seed: 1\n")
-    with pytest.raises(ConfigError, match="unknown section.*'genrate'"):
+    with pytest.raises(ConfigError, match=r"unknown section.*'genrate'"):
         load_stage_config("generate", params)
     with pytest.raises(ConfigError, match="file not found"):
         load_stage_config("generate", tmp_path / "nope.yaml")

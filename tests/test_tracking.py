@@ -9,9 +9,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import git
 from lmmops import stages, tracking
 from lmmops.config import params_hash
+
+from conftest import git
 
 
 @dataclass(frozen=True)

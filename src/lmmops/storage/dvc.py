@@ -37,14 +37,16 @@ def dvc_executable() -> str:
     return str(candidate) if candidate.exists() else (shutil.which("dvc") or "dvc")
 
 
-def run_dvc(root: Path, *args: str, check: bool = True, quiet: bool = False) -> subprocess.CompletedProcess:
+def run_dvc(root: Path, *args: str, check: bool = True, quiet: bool = False,
+            capture: bool = True) -> subprocess.CompletedProcess:
+    """Run the dvc command line in `root`; `capture=False` lets its progress reach the terminal."""
     cmd = [dvc_executable(), *args]
     log.debug("running %s", " ".join(cmd))
-    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, env=os.environ.copy())
+    proc = subprocess.run(cmd, cwd=root, capture_output=capture, text=True, env=os.environ.copy())
     if check and proc.returncode != 0:
         raise DvcError(f"`dvc {' '.join(args)}` failed in {root} (exit {proc.returncode}):\n"
                        f"{proc.stdout}{proc.stderr}")
-    if not quiet and proc.stdout.strip():
+    if capture and not quiet and proc.stdout.strip():
         log.info(proc.stdout.strip())
     return proc
 
@@ -66,12 +68,10 @@ def ensure_data(root: Path, path: str = "data") -> str:
             return f"{path}/ restored from the DVC cache"
         if run_dvc(root, "pull", "--quiet", str(dvc_file.name), check=False, quiet=True).returncode == 0:
             return f"{path}/ pulled from the DVC remote"
-    from lmmops.config import load_stage_config
-    from lmmops.stages import run_stage
-
-    cfg = load_stage_config("generate", root / "params.yaml")
-    run_stage("generate", cfg, root=root)
-    return f"{path}/ was in no DVC cache or remote: generated it (lmmops generate)"
+    # Through DVC, so that dvc.lock records the run and the following `dvc repro` does not redo it.
+    if run_dvc(root, "repro", "--single-item", "--force", "generate", check=False, capture=False).returncode:
+        raise DvcError(f"{path}/ is missing and `dvc repro generate` failed (output above)")
+    return f"{path}/ was in no DVC cache or remote: generated it (dvc repro generate)"
 
 
 def configure_s3_remote(root: Path, *, name: str = "s3", bucket: str, prefix: str = "dvc",
