@@ -33,4 +33,4 @@ def test_misspelled_key_exits_2_and_names_it(tmp_path: Path, capsys, monkeypatch
 def test_no_command_prints_help(capsys, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     assert main([]) == 2
-    assert "stages (in pipeline order)" in capsys.readouterr().out
+    assert "the pipeline stages first" in capsys.readouterr().out

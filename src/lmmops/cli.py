@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", metavar="<command>", title="stages (in pipeline order)")
+    sub = parser.add_subparsers(dest="command", metavar="<command>", title="commands (the pipeline stages first, in dvc.yaml order)")
     for stage in STAGES.values():
         p = sub.add_parser(stage.name, help=stage.help, description=f"Stage `{stage.name}`: {stage.help}.")
         p.add_argument(
@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from lmmops.config import ConfigError
     from lmmops.stages import STAGES, StageFailed, run_stage
+    from lmmops.storage.dvc import DvcError
 
     try:
         if args.command in STAGES:
@@ -96,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except StageFailed as exc:
         print(f"lmmops: stage {args.command} failed:\n{exc}", file=sys.stderr)
+        return 1
+    except DvcError as exc:
+        print(f"lmmops: {exc}", file=sys.stderr)
         return 1
     parser.error(f"unknown command {args.command}")
     return 2
