@@ -1,0 +1,424 @@
+"""One small adapter per model family: where the decoder layers, attention and MLP are, and prompts.
+
+`adapter_for(model, processor=None)` picks the adapter from the model's class (PEFT wrappers are unwrapped;
+subclasses of a covered class are accepted). An adapter exposes the language model's structure
+(`decoder_layers`, `self_attn_modules`, `mlp_modules`, `hidden_size`, `num_layers`, `num_heads`,
+`num_kv_heads`, `head_dim`, `attn_implementation`), the LIVE intervention site of the family
+(`live_site`: "layer_output" or "mlp_output") and `build_prompt(s)`, which interleaves images and text in the
+family's own format and returns a `PromptBatch` with exact token spans of the prefix, the demonstrations,
+the query and the query's answer.
+
+Family formats (one item = image + `Question: {q} Short answer: {a}`, items separated by a newline):
+  idefics     interleaved list given to IdeficsProcessor: it writes
+              `<fake_token_around_image><image><fake_token_around_image>` per image and builds the
+              `image_attention_mask` that Idefics' gated cross-attention needs;
+  idefics2    `<image>` placeholder, expanded by the processor to `<fake>` + `<image>` x n_latents + `<fake>`
+              (the processor also inserts a space after the closing `<fake>`);
+  idefics3    `<image>` placeholder, expanded to the tiled layout (`<row_i_col_j>` tiles + `<global-img>`);
+  llava       `<image>` placeholder, expanded to one `<image>` per vision patch;
+  qwen2_vl, qwen2_5_vl  `<|vision_start|><|image_pad|><|vision_end|>`, `<|image_pad|>` expanded to
+              (grid_t*grid_h*grid_w)/merge^2 tokens; the processor also returns `image_grid_thw` and
+              `mm_token_type_ids`, which the model needs for its 3D (M-RoPE) position ids;
+  llama       text only (items must have no image).
+
+How spans are found: one processor call makes the batch; for each row the query alone is processed again
+(one image) and must equal the row's last tokens, the prefix (BOS + instruction) is processed alone and
+must equal the row's first tokens, and the answer's tokens come from the tokenizer's offsets on the query
+text and must equal the row's last tokens. Any mismatch raises PromptAlignmentError rather than return a
+wrong span. Text-only prompts use the tokenizer's character offsets on the whole prompt directly.
+
+Run: `python -c "from lmmops.models import build_tiny, adapter_for; m, p = build_tiny('idefics2');
+print(adapter_for(m, p).num_kv_heads)"`.
+
+Departures from the references: one shared template for every family (the reference codes each hard-code
+their own); LIVE site per family as PAPERS.md §3 says (layer output for Idefics v1, MLP output otherwise).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+from PIL.Image import Image
+from torch import nn
+
+from lmmops.models.errors import PromptAlignmentError, UnsupportedModelError
+from lmmops.models.prompt import (
+    SEPARATOR,
+    ICLItem,
+    ItemLike,
+    PromptBatch,
+    Span,
+    answer_char_start,
+    as_item,
+    instruction_text,
+    item_text,
+)
+
+Segment = str | Image
+PromptSpec = tuple[Sequence[ItemLike], ItemLike]
+
+
+def _row_bounds(attention_mask_row: torch.Tensor) -> Span:
+    nonzero = attention_mask_row.nonzero().flatten()
+    if len(nonzero) == 0:
+        return (0, 0)
+    return int(nonzero[0]), int(nonzero[-1]) + 1
+
+
+class ModelAdapter:
+    """Structure and prompt format of one model family. Subclasses set the class variables."""
+
+    family: ClassVar[str]
+    model_classes: ClassVar[tuple[str, ...]]
+    live_site: ClassVar[str] = "mlp_output"
+    image_placeholder: ClassVar[str] = "<image>"
+    text_model_path: ClassVar[tuple[str, ...]]
+
+    def __init__(self, model: nn.Module, processor: Any = None):
+        self.model = model
+        self.processor = processor
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(family={self.family!r}, layers={self.num_layers}, hidden={self.hidden_size}, "
+            f"heads={self.num_heads}, kv_heads={self.num_kv_heads}, head_dim={self.head_dim}, "
+            f"attn={self.attn_implementation!r}, live_site={self.live_site!r})"
+        )
+
+    # ----- structure -------------------------------------------------------------------------------
+    @property
+    def text_model(self) -> nn.Module:
+        """The language model's decoder stack (the module that owns `.layers`)."""
+        module: Any = self.model
+        for name in self.text_model_path:
+            module = getattr(module, name)
+        return module
+
+    @property
+    def text_config(self) -> Any:
+        """The language model's config (the whole config for text-only models and Idefics v1)."""
+        return self.model.config.get_text_config()
+
+    @property
+    def decoder_layers(self) -> nn.ModuleList:
+        return self.text_model.layers
+
+    @property
+    def self_attn_modules(self) -> list[nn.Module]:
+        return [layer.self_attn for layer in self.decoder_layers]
+
+    @property
+    def mlp_modules(self) -> list[nn.Module]:
+        return [layer.mlp for layer in self.decoder_layers]
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.text_config.hidden_size)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.decoder_layers)
+
+    @property
+    def head_dim(self) -> int:
+        attn = self.self_attn_modules[0]
+        return int(getattr(attn, "head_dim", None) or self.hidden_size // self.text_config.num_attention_heads)
+
+    @property
+    def num_heads(self) -> int:
+        return self.self_attn_modules[0].q_proj.out_features // self.head_dim
+
+    @property
+    def num_kv_heads(self) -> int:
+        return self.self_attn_modules[0].k_proj.out_features // self.head_dim
+
+    @property
+    def attn_implementation(self) -> str:
+        """The attention implementation the decoder's attention modules actually dispatch to."""
+        config = getattr(self.self_attn_modules[0], "config", None) or self.text_config
+        return str(config._attn_implementation)
+
+    # ----- prompts ---------------------------------------------------------------------------------
+    def build_prompt(
+        self,
+        demos: Sequence[ItemLike],
+        query: ItemLike,
+        *,
+        with_answer: bool = False,
+        instruction: str | None = None,
+        processor: Any = None,
+    ) -> PromptBatch:
+        """Processor tensors and token spans for k demonstrations followed by the query."""
+        return self.build_prompts(
+            [(demos, query)], with_answer=with_answer, instruction=instruction, processor=processor
+        )
+
+    def build_prompts(
+        self,
+        prompts: Sequence[PromptSpec],
+        *,
+        with_answer: bool = False,
+        instruction: str | None = None,
+        padding_side: str = "left",
+        processor: Any = None,
+    ) -> PromptBatch:
+        """A padded batch of prompts (left padding by default, for generation), spans per row."""
+        processor = processor if processor is not None else self.processor
+        if processor is None:
+            raise ValueError(f"{type(self).__name__} needs a processor: adapter_for(model, processor)")
+        if padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+        if not prompts:
+            raise ValueError("build_prompts needs at least one prompt")
+        parsed = [([as_item(d) for d in demos], as_item(query)) for demos, query in prompts]
+        for demos, query in parsed:
+            self._check_items([*demos, query])
+        return self._build(
+            processor, parsed, with_answer=with_answer, instruction=instruction, padding_side=padding_side
+        )
+
+    def _check_items(self, items: list[ICLItem]) -> None:
+        missing = [it.question for it in items if it.image is None]
+        if missing:
+            raise ValueError(f"{self.family} prompts need an image for every item; missing for {missing}")
+
+    def _segments(
+        self, demos: list[ICLItem], query: ICLItem, *, with_answer: bool, instruction: str | None
+    ) -> list[Segment]:
+        segments: list[Segment] = []
+        if instruction:
+            segments.append(instruction_text(instruction))
+        for demo in demos:
+            segments += [demo.image, item_text(demo, with_answer=True) + SEPARATOR]  # type: ignore[list-item]
+        segments += [query.image, item_text(query, with_answer=with_answer)]  # type: ignore[list-item]
+        return segments
+
+    def _text(self, segments: list[Segment]) -> str:
+        return "".join(s if isinstance(s, str) else self.image_placeholder for s in segments)
+
+    def _encode(self, processor: Any, rows: list[list[Segment]], padding_side: str) -> dict[str, Any]:
+        """One processor call for several rows of segments (family-specific in Idefics v1)."""
+        texts = [self._text(row) for row in rows]
+        images = [[s for s in row if not isinstance(s, str)] for row in rows]
+        kwargs: dict[str, Any] = {"text": texts, "padding": True, "padding_side": padding_side, "return_tensors": "pt"}
+        if any(images):
+            kwargs["images"] = images
+        return dict(processor(**kwargs))
+
+    def _ids(self, processor: Any, segments: list[Segment]) -> list[int]:
+        return self._encode(processor, [segments], "right")["input_ids"][0].tolist()
+
+    def _build(
+        self,
+        processor: Any,
+        parsed: list[tuple[list[ICLItem], ICLItem]],
+        *,
+        with_answer: bool,
+        instruction: str | None,
+        padding_side: str,
+    ) -> PromptBatch:
+        rows = [self._segments(d, q, with_answer=with_answer, instruction=instruction) for d, q in parsed]
+        inputs = self._encode(processor, rows, padding_side)
+        lead = self._ids(processor, [""])  # what the processor puts before any text (BOS or nothing)
+        prefix_ids = self._ids(processor, [instruction_text(instruction)]) if instruction else lead
+        tokenizer = processor.tokenizer
+        spans: dict[str, list[Any]] = {"prefix": [], "demos": [], "query": [], "answer": []}
+        for r, (_demos, query) in enumerate(parsed):
+            start, end = _row_bounds(inputs["attention_mask"][r])
+            row = inputs["input_ids"][r, start:end].tolist()
+            query_full = self._ids(processor, [query.image, item_text(query, with_answer=with_answer)])  # type: ignore[list-item]
+            if query_full[: len(lead)] != lead:
+                raise PromptAlignmentError(f"{self.family}: the processor's leading tokens changed: {lead}")
+            query_ids = query_full[len(lead) :]
+            n_prefix = len(prefix_ids)
+            if row[:n_prefix] != prefix_ids or row[len(row) - len(query_ids) :] != query_ids:
+                raise PromptAlignmentError(
+                    f"{self.family}: prefix or query tokens not found in prompt {r}: {self._text(rows[r])!r}"
+                )
+            query_start = end - len(query_ids)
+            if start + n_prefix > query_start:
+                raise PromptAlignmentError(f"{self.family}: prefix and query overlap in prompt {r}")
+            spans["prefix"].append((start, start + n_prefix))
+            spans["demos"].append((start + n_prefix, query_start))
+            spans["query"].append((query_start, end))
+            answer: Span | None = None
+            if with_answer:
+                answer_ids = _answer_token_ids(tokenizer, query)
+                if row[len(row) - len(answer_ids) :] != answer_ids:
+                    raise PromptAlignmentError(f"{self.family}: answer tokens {answer_ids} do not end prompt {r}")
+                answer = (end - len(answer_ids), end)
+            spans["answer"].append(answer)
+        return PromptBatch(
+            inputs=inputs,
+            texts=[self._text(row) for row in rows],
+            prefix_spans=spans["prefix"],
+            demo_spans=spans["demos"],
+            query_spans=spans["query"],
+            answer_spans=spans["answer"],
+            padding_side=padding_side,
+        )
+
+
+def _answer_token_ids(tokenizer: Any, item: ICLItem) -> list[int]:
+    """Token ids of the answer at the end of `item_text(item, with_answer=True)`, tokenized alone."""
+    text = item_text(item, with_answer=True)
+    a0 = answer_char_start(text, item)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = enc["input_ids"], enc["offset_mapping"]
+    first = next((j for j, (_s, e) in enumerate(offsets) if e > a0), len(ids))
+    return list(ids[first:])
+
+
+class IdeficsAdapter(ModelAdapter):
+    """Idefics v1 (IdeficsForVisionText2Text): gated cross-attention to images, interleaved list input."""
+
+    family = "idefics"
+    model_classes = ("IdeficsForVisionText2Text",)
+    live_site = "layer_output"
+    text_model_path = ("model",)
+
+    def _encode(self, processor: Any, rows: list[list[Segment]], padding_side: str) -> dict[str, Any]:
+        # IdeficsProcessor takes the interleaved list itself and strips spaces around text items.
+        rows = [[s for s in row if not (isinstance(s, str) and s == "")] for row in rows]
+        return dict(processor(text=rows, padding="longest", padding_side=padding_side, return_tensors="pt"))
+
+    def _text(self, segments: list[Segment]) -> str:
+        fake = "<fake_token_around_image>"
+        return "".join(s if isinstance(s, str) else f"{fake}<image>{fake}" for s in segments)
+
+
+class Idefics2Adapter(ModelAdapter):
+    family = "idefics2"
+    model_classes = ("Idefics2ForConditionalGeneration",)
+    text_model_path = ("model", "text_model")
+
+
+class Idefics3Adapter(ModelAdapter):
+    family = "idefics3"
+    model_classes = ("Idefics3ForConditionalGeneration",)
+    text_model_path = ("model", "text_model")
+
+
+class LlavaAdapter(ModelAdapter):
+    family = "llava"
+    model_classes = ("LlavaForConditionalGeneration",)
+    text_model_path = ("model", "language_model")
+
+
+class Qwen2VLAdapter(ModelAdapter):
+    family = "qwen2_vl"
+    model_classes = ("Qwen2VLForConditionalGeneration",)
+    image_placeholder = "<|vision_start|><|image_pad|><|vision_end|>"
+    text_model_path = ("model", "language_model")
+
+
+class Qwen2_5_VLAdapter(Qwen2VLAdapter):
+    family = "qwen2_5_vl"
+    model_classes = ("Qwen2_5_VLForConditionalGeneration",)
+
+
+class LlamaAdapter(ModelAdapter):
+    """Text-only Llama-architecture causal LMs (also SmolLM2 loaded from GGUF). The processor is a tokenizer."""
+
+    family = "llama"
+    model_classes = ("LlamaForCausalLM",)
+    image_placeholder = ""
+    text_model_path = ("model",)
+
+    def _check_items(self, items: list[ICLItem]) -> None:
+        with_image = [it.question for it in items if it.image is not None]
+        if with_image:
+            raise ValueError(f"{self.family} is text-only; items with an image: {with_image}")
+
+    def _build(
+        self,
+        processor: Any,
+        parsed: list[tuple[list[ICLItem], ICLItem]],
+        *,
+        with_answer: bool,
+        instruction: str | None,
+        padding_side: str,
+    ) -> PromptBatch:
+        tokenizer = getattr(processor, "tokenizer", processor)
+        texts: list[str] = []
+        bounds: list[tuple[int, int, int | None]] = []  # char offsets: demos start, query start, answer start
+        for demos, query in parsed:
+            prefix = instruction_text(instruction)
+            body = "".join(item_text(d, with_answer=True) + SEPARATOR for d in demos)
+            q_text = item_text(query, with_answer=with_answer)
+            q0 = len(prefix) + len(body)
+            a0 = q0 + answer_char_start(q_text, query) if with_answer else None
+            texts.append(prefix + body + q_text)
+            bounds.append((len(prefix), q0, a0))
+        enc = tokenizer(
+            texts, padding=True, padding_side=padding_side, return_offsets_mapping=True, return_tensors="pt"
+        )
+        offsets = enc.pop("offset_mapping")
+        inputs = dict(enc)
+        spans: dict[str, list[Any]] = {"prefix": [], "demos": [], "query": [], "answer": []}
+        for r, (d0, q0, a0) in enumerate(bounds):
+            start, end = _row_bounds(inputs["attention_mask"][r])
+            ends = offsets[r, :, 1].tolist()
+
+            def first_token_after(char: int, start: int = start, end: int = end, ends: list[int] = ends) -> int:
+                return next((j for j in range(start, end) if ends[j] > char), end)
+
+            demos_start, query_start = first_token_after(d0), first_token_after(q0)
+            spans["prefix"].append((start, demos_start))
+            spans["demos"].append((demos_start, query_start))
+            spans["query"].append((query_start, end))
+            spans["answer"].append((first_token_after(a0), end) if a0 is not None else None)
+        return PromptBatch(
+            inputs=inputs,
+            texts=texts,
+            prefix_spans=spans["prefix"],
+            demo_spans=spans["demos"],
+            query_spans=spans["query"],
+            answer_spans=spans["answer"],
+            padding_side=padding_side,
+        )
+
+
+ADAPTERS: tuple[type[ModelAdapter], ...] = (
+    IdeficsAdapter,
+    Idefics2Adapter,
+    Idefics3Adapter,
+    LlavaAdapter,
+    Qwen2VLAdapter,
+    Qwen2_5_VLAdapter,
+    LlamaAdapter,
+)
+_BY_CLASS: dict[str, type[ModelAdapter]] = {name: a for a in ADAPTERS for name in a.model_classes}
+_BY_FAMILY: dict[str, type[ModelAdapter]] = {a.family: a for a in ADAPTERS}
+
+
+def supported_families() -> dict[str, tuple[str, ...]]:
+    """Family name -> the transformers model classes its adapter covers."""
+    return {a.family: a.model_classes for a in ADAPTERS}
+
+
+def supported_text() -> str:
+    """One line listing the families and their classes, for error messages."""
+    return "; ".join(f"{family} ({', '.join(classes)})" for family, classes in supported_families().items())
+
+
+def adapter_class_for(model_class: type | str) -> type[ModelAdapter]:
+    """The adapter class covering `model_class` (a class, its subclasses, or a class name)."""
+    names = [model_class] if isinstance(model_class, str) else [k.__name__ for k in model_class.__mro__]
+    for name in names:
+        if name in _BY_CLASS:
+            return _BY_CLASS[name]
+    shown = model_class if isinstance(model_class, str) else model_class.__name__
+    raise UnsupportedModelError(f"no adapter for model class {shown}; supported families: {supported_text()}")
+
+
+def adapter_for(model: nn.Module, processor: Any = None) -> ModelAdapter:
+    """The adapter of `model`'s family, bound to `processor` (needed only for build_prompt(s))."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT wrappers
+    return adapter_class_for(type(base))(base, processor)
+
+
+def family_of(model_class: type | str) -> str:
+    return adapter_class_for(model_class).family
