@@ -15,9 +15,9 @@ import sys
 from pathlib import Path
 
 import yaml
+from prefect import flow
 
 from flows.stages import STAGE_FLOWS, find_root
-from prefect import flow
 
 
 def dvc_stage_order(root: Path) -> list[str]:

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import git
 from lmmops.storage import s3
 from lmmops.storage.dvc import configure_s3_remote, dvc_add, run_dvc
+
+from conftest import git
 
 pytestmark = pytest.mark.slow
 
