@@ -3,19 +3,16 @@ offline), and fixtures for a throw-away project with its own git repo and MLflow
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from lmmops.env import configure_environment
 
+from testutil import git
+
 REPO = Path(__file__).resolve().parents[1]
 configure_environment(REPO)
-
-
-def git(cwd: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import git
+from testutil import git
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]

@@ -12,7 +12,7 @@ import pytest
 from lmmops import stages, tracking
 from lmmops.config import params_hash
 
-from conftest import git
+from testutil import git
 
 
 @dataclass(frozen=True)

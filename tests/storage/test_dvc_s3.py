@@ -17,7 +17,7 @@ import pytest
 from lmmops.storage import s3
 from lmmops.storage.dvc import configure_s3_remote, dvc_add, run_dvc
 
-from conftest import git
+from testutil import git
 
 pytestmark = pytest.mark.slow
 
