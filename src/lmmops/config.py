@@ -78,12 +78,18 @@ class SokobanGenConfig:
     train: int = 120
     test: int = 40
     max_solution_length: int = 30
+    # Pixels per grid square in the rendered image (16 = one square per 16-pixel vision patch).
+    cell_pixels: int = 16
 
 
 @dataclass(frozen=True)
 class GenerateConfig:
     seed: int = 0
     out_dir: str = "data"
+    # false: data/ holds real datasets dropped in by the user; `generate` only versions them (dvc add).
+    synthetic: bool = True
+    # `generate` refuses to replace a data/ that it did not write unless this is true.
+    overwrite_real_data: bool = False
     vqa: VQAGenConfig = field(default_factory=VQAGenConfig)
     deepscaler: MathGenConfig = field(default_factory=MathGenConfig)
     multimodal: MultimodalMathGenConfig = field(default_factory=MultimodalMathGenConfig)
@@ -93,15 +99,65 @@ class GenerateConfig:
 @dataclass(frozen=True)
 class ValidateConfig:
     data_dir: str = "data"
+    # Families that must be present (a missing one is a failure); see lmmops.data.layout.FAMILIES.
+    families: tuple[str, ...] = ("vqa", "deepscaler", "multimath", "vermulti", "sokoban")
     # Per-item time limit for parsing a math answer during validation (seconds).
     answer_parse_timeout_s: float = 5.0
     # Decode every image (slower, catches truncated files) or only check that it exists.
     decode_images: bool = True
 
 
+# ----------------------------------------------------------------------------------------------------
+# bootstrap (the embedded default base model, lmmops.models.bootstrap)
+
+
+@dataclass(frozen=True)
+class BootstrapConfig:
+    """Train the default base model (a tiny LlavaForConditionalGeneration) from scratch on the synthetic data."""
+
+    data_dir: str = "data"
+    out_dir: str = "models/base"  # save_pretrained model + processor (a DVC output)
+    checkpoint_dir: str = "checkpoints/bootstrap"  # resumable training state, one subdirectory per config hash
+    registered_name: str = "lmmops-base"
+    seed: int = 0
+    # model: Llama text decoder + CLIP vision tower (patch 16 on 32x32 images -> 4 image tokens)
+    text_hidden: int = 128
+    text_layers: int = 4
+    text_heads: int = 4
+    text_kv_heads: int = 2
+    text_intermediate: int = 512
+    vision_hidden: int = 64
+    vision_layers: int = 2
+    vision_heads: int = 2
+    vision_intermediate: int = 128
+    # optimisation
+    steps: int = 1000
+    batch_size: int = 64
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 50
+    # batch mixture (shares of the rows of a batch; the rest are text reasoning traces)
+    icl_share: float = 0.5
+    vqa_share: float = 0.125
+    multimodal_reasoning_share: float = 0.0625
+    max_shots: int = 8  # demonstrations per ICL training episode
+    vqa_pack: int = 6  # ordinary VQA questions packed into one row
+    # extra text reasoning rows drawn from the DeepScaler generator (fresh seed, test problems excluded)
+    extra_reasoning_rows: int = 0
+    # bookkeeping
+    checkpoint_every: int = 100
+    log_every: int = 10
+    threads: int = 2
+    # evaluation (held-out test splits)
+    eval_shots: tuple[int, ...] = (0, 1, 2, 4, 8)
+    eval_repeats: int = 3  # demo draws per ICL test query
+    eval_max_new_tokens: int = 96
+
+
 STAGE_CONFIGS: dict[str, type] = {
     "generate": GenerateConfig,
     "validate": ValidateConfig,
+    "bootstrap": BootstrapConfig,
 }
 
 

@@ -29,26 +29,51 @@ def _data_version(ctx: StageContext, data_dir: Path) -> str | None:
     return tracking.dvc_data_md5(ctx.root, f"{data_dir.name}.dvc")
 
 
+def _holds_real_data(data_dir: Path) -> bool:
+    """True when data_dir has files but no synthetic manifest: a user's real datasets live there."""
+    import json
+
+    if not data_dir.is_dir() or not any(data_dir.iterdir()):
+        return False
+    manifest = data_dir / "manifest.json"
+    try:
+        return not json.loads(manifest.read_text()).get("synthetic", False)
+    except (OSError, ValueError):
+        return True
+
+
 def generate(cfg: GenerateConfig, ctx: StageContext) -> dict[str, float]:
     from lmmops.data import generate_all
 
     data_dir = ctx.path(cfg.out_dir)
-    summary = generate_all(cfg, ctx.root)
+    if not cfg.synthetic:
+        # Real datasets dropped into data/: nothing to write, only version what is there.
+        if not data_dir.is_dir():
+            raise StageFailed(f"{data_dir}: generate.synthetic is false but there is no data directory")
+        summary: dict = {"out_dir": str(data_dir), "synthetic": False, "counts": {}, "totals": {}}
+    else:
+        if _holds_real_data(data_dir) and not cfg.overwrite_real_data:
+            raise StageFailed(
+                f"{data_dir} holds data that `generate` did not write (no synthetic manifest.json); refusing "
+                "to replace it. Set generate.synthetic: false in params.yaml to use it, or "
+                "generate.overwrite_real_data: true to replace it (data.dvc keeps the old version)."
+            )
+        summary = generate_all(cfg, ctx.root)
     md5 = _data_version(ctx, data_dir)
     if md5:
         ctx.run.set_tags({"lmmops.dvc_data_md5": md5})
-        log.info("data/ versioned by data.dvc: md5 %s", md5)
+        log.info("%s/ versioned by %s.dvc: md5 %s", data_dir.name, data_dir.name, md5)
     summary = {**summary, "dvc_md5": md5}
+    summary.pop("file_list", None)  # the manifest inside data/ has every file with its sha256
     write_json_atomic(ctx.path("reports/generate/summary.json"), summary)
     ctx.run.log_dict(summary, "generate/summary.json")
-    counts = summary.get("counts", {})
+    totals = summary.get("totals", {})
     return {
-        "files": float(summary.get("files", 0)),
-        "vqa_questions": float(sum(counts.get("vqa", {}).values())),
-        "deepscaler_rows": float(sum(counts.get("deepscaler", {}).values())),
-        "multimodal_rows": float(sum(sum(v.values()) for k, v in counts.items()
-                                     if k not in ("vqa", "deepscaler", "sokoban"))),
-        "sokoban_levels": float(sum(counts.get("sokoban", {}).values())),
+        "files": float(totals.get("files", 0)),
+        "vqa_questions": float(totals.get("vqa_items", 0)),
+        "deepscaler_rows": float(totals.get("deepscaler_items", 0)),
+        "multimodal_rows": float(totals.get("multimodal_items", 0)),
+        "sokoban_levels": float(totals.get("sokoban_levels", 0)),
     }
 
 

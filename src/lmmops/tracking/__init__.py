@@ -153,7 +153,7 @@ class StageRun:
             # MLflow hints that integer columns cannot hold NaN: irrelevant for a logged dataset view
             warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
             ds = mlflow.data.from_pandas(df, source=_dataset_source(source), name=name, digest=digest)
-        mlflow.log_input(ds, context=context)
+            mlflow.log_input(ds, context=context)
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         import mlflow
