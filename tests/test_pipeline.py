@@ -30,6 +30,13 @@ TINY_PARAMS = {
                        "perce_reason_train": 6, "perce_reason_test": 4},
         "sokoban": {"train": 4, "test": 2},
     },
+    # Every stage that trains needs a tiny override here, or this test trains at full size.
+    "bootstrap": {
+        "text_hidden": 32, "text_layers": 1, "text_heads": 2, "text_kv_heads": 1, "text_intermediate": 64,
+        "vision_hidden": 16, "vision_layers": 1, "vision_heads": 1, "vision_intermediate": 32,
+        "steps": 10, "batch_size": 4, "warmup_steps": 2, "max_shots": 2, "vqa_pack": 2,
+        "checkpoint_every": 5, "log_every": 5, "eval_shots": [0, 1], "eval_repeats": 1, "eval_max_new_tokens": 8,
+    },
 }
 
 
@@ -56,9 +63,11 @@ def fresh_clone(tmp_path_factory) -> Path:
     _copy_working_tree(root)
     params = yaml.safe_load((root / "params.yaml").read_text())
     for section, values in TINY_PARAMS.items():
-        params[section] = {**params.get(section, {}), **values}
+        if section in params:  # stages that exist in this tree
+            params[section] = {**params[section], **values}
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for p in ("data", "data.dvc", "dvc.lock", "metrics", "reports", "mlflow/mlflow.db", "mlflow/artifacts"):
+    for p in ("data", "data.dvc", "dvc.lock", "metrics", "reports", "models", "checkpoints", "mlflow/mlflow.db",
+              "mlflow/artifacts"):
         target = root / p
         shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
     git(root, "init", "-q")
