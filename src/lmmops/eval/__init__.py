@@ -1,0 +1,1 @@
+"""Evaluation: metrics (VQA accuracy, ...) and ICL analyses (copy rate, ...). Pure functions."""
