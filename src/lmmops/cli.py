@@ -34,7 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", metavar="<command>", title="commands (the pipeline stages first, in dvc.yaml order)")
+    sub = parser.add_subparsers(
+        dest="command", metavar="<command>", title="commands (the pipeline stages first, in dvc.yaml order)"
+    )
     for stage in STAGES.values():
         p = sub.add_parser(stage.name, help=stage.help, description=f"Stage `{stage.name}`: {stage.help}.")
         p.add_argument(

@@ -125,25 +125,27 @@ class BootstrapConfig:
     text_layers: int = 4
     text_heads: int = 4
     text_kv_heads: int = 2
-    text_intermediate: int = 512
+    text_intermediate: int = 256
     vision_hidden: int = 64
     vision_layers: int = 2
     vision_heads: int = 2
     vision_intermediate: int = 128
     # optimisation
-    steps: int = 1000
+    steps: int = 720
     batch_size: int = 64
-    lr: float = 3e-4
+    lr: float = 5e-4
     weight_decay: float = 0.01
-    warmup_steps: int = 50
+    warmup_steps: int = 20
+    decay_share: float = 0.2  # last share of the steps: linear decay of the learning rate to 10%
     # batch mixture (shares of the rows of a batch; the rest are text reasoning traces)
-    icl_share: float = 0.5
-    vqa_share: float = 0.125
+    icl_share: float = 0.5625
+    vqa_share: float = 0.0625
     multimodal_reasoning_share: float = 0.0625
+    describe_share: float = 0.0625  # attribute questions on the ICL images (direct vision supervision)
     max_shots: int = 8  # demonstrations per ICL training episode
     vqa_pack: int = 6  # ordinary VQA questions packed into one row
     # extra text reasoning rows drawn from the DeepScaler generator (fresh seed, test problems excluded)
-    extra_reasoning_rows: int = 0
+    extra_reasoning_rows: int = 4000
     # bookkeeping
     checkpoint_every: int = 100
     log_every: int = 10

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
 # Words of the prompt template and of the synthetic VQA/reasoning corpora, so that they take one or two
@@ -88,6 +88,85 @@ def build_tokenizer(
     else:
         tok.post_processor = processors.ByteLevel(trim_offsets=False)
 
+    extra = [t for t in special_tokens if t not in named]
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=bos_token,
+        eos_token=eos_token,
+        pad_token=pad_token,
+        unk_token=unk_token,
+        extra_special_tokens=extra,
+        model_max_length=model_max_length,
+        clean_up_tokenization_spaces=False,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------
+# word-level tokenizers (the project's own base model)
+
+# Added (non-special) tokens of the reasoning format: one token each, and kept by decode(skip_special_tokens).
+REASONING_TAGS: tuple[str, ...] = ("<think>", "</think>", "<answer>", "</answer>")
+WORD_MARK = "\u2581"  # "▁": marks a word that follows a space (Metaspace), so decoding restores spaces exactly
+
+
+def word_pre_tokenizer() -> pre_tokenizers.PreTokenizer:
+    """Newlines alone, words with their leading space (`▁word`), punctuation alone, digits one by one."""
+    return pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(r"\n"), behavior="isolated"),
+            pre_tokenizers.Metaspace(replacement=WORD_MARK, prepend_scheme="never", split=True),
+            pre_tokenizers.Punctuation("isolated"),
+            pre_tokenizers.Digits(individual_digits=True),
+        ]
+    )
+
+
+def build_word_tokenizer(
+    special_tokens: Sequence[str],
+    corpus: Iterable[str],
+    *,
+    bos_token: str | None = None,
+    eos_token: str | None = None,
+    pad_token: str | None = None,
+    unk_token: str = "<unk>",
+    add_bos: bool = False,
+    added_tokens: Sequence[str] = REASONING_TAGS,
+    model_max_length: int = 4096,
+) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer whose vocabulary is every word, punctuation mark and digit of `corpus`.
+
+    Why: with a few hundred whole words, every ICL answer is one or two tokens and sequences are short, so
+    a tiny model trains in minutes (STACK-NOTES). Digits are single tokens (arithmetic works digit by
+    digit) and every printable ASCII character is in the vocabulary, so only unseen *words* become
+    `unk_token`. Words carry their leading space (`▁word`), so `decode` restores the text exactly,
+    including the no-space joins the reasoning format needs (`</think><answer>`). `special_tokens` get
+    ids 0..n-1 in order; `added_tokens` (the reasoning tags) are single, non-special tokens.
+    """
+    named = [t for t in (bos_token, eos_token, pad_token, unk_token) if t is not None]
+    missing = [t for t in named if t not in special_tokens]
+    if missing:
+        raise ValueError(f"named special tokens {missing} are not in special_tokens")
+    if add_bos and bos_token is None:
+        raise ValueError("add_bos=True needs a bos_token")
+    pre = word_pre_tokenizer()
+    words: set[str] = {chr(c) for c in range(33, 127)} | {WORD_MARK, "\n"}
+    for text in corpus:
+        for piece in added_tokens:
+            text = text.replace(piece, "\n")  # the tags split words like a newline does (no ▁ mark)
+        words.update(w for w, _ in pre.pre_tokenize_str(text))
+    vocab = {t: i for i, t in enumerate(special_tokens)}
+    for w in sorted(words - set(vocab)):
+        vocab[w] = len(vocab)
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=unk_token))
+    tok.pre_tokenizer = pre
+    tok.decoder = decoders.Metaspace(replacement=WORD_MARK, prepend_scheme="never", split=True)
+    tok.add_special_tokens(list(special_tokens))
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in added_tokens])
+    if add_bos:
+        bos_id = tok.token_to_id(bos_token)
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{bos_token} $A", pair=f"{bos_token} $A {bos_token} $B", special_tokens=[(bos_token, bos_id)]
+        )
     extra = [t for t in special_tokens if t not in named]
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,

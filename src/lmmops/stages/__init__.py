@@ -50,6 +50,13 @@ STAGES: dict[str, Stage] = {
             "run one Great Expectations suite per dataset family; fail with a file/row/field report",
             ("success", "failures", "rows", "seconds"),
         ),
+        Stage(
+            "bootstrap",
+            "lmmops.stages.models:bootstrap",
+            "train the embedded default base model (tiny LLaVA) from scratch; register it as lmmops-base@champion",
+            ("icl_acc_0shot", "icl_acc_1shot", "icl_acc_8shot", "icl_chance", "reasoning_format_rate",
+             "reasoning_accuracy", "params", "seconds"),
+        ),
     ]
 }
 assert set(STAGES) == set(STAGE_CONFIGS), "every stage needs a typed config in lmmops.config"

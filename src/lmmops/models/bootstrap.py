@@ -1,0 +1,681 @@
+"""Train the embedded default base model from scratch on the synthetic corpora, and evaluate it.
+
+What it does: builds a tiny `LlavaForConditionalGeneration` with a word-level tokenizer whose vocabulary
+comes from the training corpora, pre-tokenises the data layer's train splits once, and trains on a
+mixture of (1) multimodal ICL episodes of the nine ICL task families (8 demonstrations + 1 query of one
+task, loss on every answer), (2) ordinary VQA questions, (3) "describe" rows: the data layer's VQA
+questions ("What color is the circle?") asked about the single-object ICL images, labelled from the
+generator's scene sidecar (direct supervision of the vision path), (4) DeepScaler reasoning traces
+`<think>...</think><answer>$\\boxed{...}$</answer>` given the problem, and (5) multimodal reasoning rows
+(MultiMath/VerMulti) with a short fixed trace, so that the format is also learned with an image present. Training
+state is checkpointed under `<checkpoint_dir>/<hash of config and data>` and resumed from there.
+`evaluate_icl` and `evaluate_reasoning` are the evaluations of record (later stages reuse them).
+
+How to run: `lmmops bootstrap` (the stage in `lmmops.stages.models`), or from Python:
+    result = train(BootstrapConfig(), Path("data"), Path("checkpoints/bootstrap"))
+    evaluate_icl(result.model, result.processor, load_vqa(Path("data"), "test"))
+
+Model choice: LLaVA (`LlavaForConditionalGeneration`: CLIP vision tower -> MLP projector -> Llama decoder)
+because its image path is the simplest of the covered families (4 image tokens per 32x32 image, no
+perceiver or tiling), it is the class the STACK-NOTES experiment showed learning ICL on 2 CPU cores in
+minutes, and every later stage has an adapter for it (`LlavaAdapter`: LIVE site, prompt spans).
+Default size: Llama 4 layers x 128 (GQA 4/2 heads, MLP 256), CLIP 2 layers x 64, word-level vocabulary of
+~330: about 0.81M parameters, below the "few million" the issue suggests, because a training step over a
+64-row batch of ~140-token episodes already costs ~0.75 s on 2 cores and the run must fit ~8 minutes;
+a larger model would get fewer steps in the same time, and steps (not capacity) are what this run lacks.
+
+Departures from the real thing: real LLaVA starts from pretrained CLIP and Llama weights and trains in two
+phases (projector alignment, then instruction tuning); here everything is trained from scratch in one
+phase on a few thousand synthetic items. The tokenizer is word-level (digits one by one) instead of
+SentencePiece: answers are one or two tokens, so training is fast; unseen words become `<unk>`. The image
+processor normalises with the training images' own mean/std instead of CLIP's (see `image_stats`: with
+CLIP's statistics the decoder did not learn to read the images within the time budget).
+Prompts follow the shared template of `lmmops.models.prompt` and are pre-tokenised for speed; `train`
+checks at start that its token ids equal what `LlavaAdapter.build_prompts` produces for the same episode.
+ICL accuracy is measured by teacher forcing: a query counts as correct when greedy decoding would emit
+exactly its answer tokens (the argmax at every answer position), which needs one forward pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm import tqdm
+from transformers import CLIPImageProcessorPil, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+
+from lmmops.config import BootstrapConfig, to_dict
+from lmmops.data.icl_tasks import ICL_TASKS, ICL_VOCABULARY, get_icl_task
+from lmmops.data.loaders import load_deepscaler, load_multimath, load_vermulti, load_vqa, load_vqa_scenes
+from lmmops.data.schemas import MathItem, MultimodalItem, VQAItem
+from lmmops.models.adapters import _answer_token_ids, adapter_for
+from lmmops.models.prompt import SEPARATOR, ICLItem, item_text
+from lmmops.models.tokenizer import build_word_tokenizer
+
+IMAGE_SIZE = 32
+PATCH = 16
+SPECIALS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
+# The multimodal rows have no worked solution; their trace only teaches the format with an image present.
+MULTIMODAL_THINK = "I read the figure and work out the answer."
+
+# Keys of BootstrapConfig that do not change what is trained (left out of the checkpoint hash).
+_BOOKKEEPING = {"out_dir", "checkpoint_dir", "registered_name", "checkpoint_every", "log_every", "threads"}
+
+
+def reasoning_prompt(problem: str, *, with_image: bool = False) -> str:
+    """The prompt of a reasoning row; the completion `<think>...</think><answer>...</answer>` follows directly."""
+    return ("<image>" if with_image else "") + f"Question: {problem.strip()}\nAnswer:"
+
+
+# ----------------------------------------------------------------------------------------------------
+# data
+
+
+@dataclass
+class Corpora:
+    """One split of the data layer, as the bootstrap uses it."""
+
+    icl: dict[str, list[VQAItem]]  # ICL task name -> items
+    vqa: list[VQAItem]  # ordinary VQA questions
+    math: list[MathItem]  # DeepScaler rows
+    multimodal: list[MultimodalItem]  # MultiMath + VerMulti rows
+    describe: list[VQAItem] = field(default_factory=list)  # attribute questions on the ICL images
+
+
+def describe_items(icl: dict[str, list[VQAItem]], scenes: dict[int, Any]) -> list[VQAItem]:
+    """Plain attribute questions about each single-object ICL image, in the data layer's VQA wording.
+
+    Why: the ICL answer depends on the image only through a task inferred from the demonstrations, so early
+    in training the decoder learns the task's lexicon and ignores the image (loss stuck at ln 4). These
+    0-shot questions ("What color is the circle?") supervise the vision path directly, like LLaVA's
+    alignment data, and break that plateau. Labels come from the generator's scene sidecar.
+    """
+    out = []
+    for item in (it for items in icl.values() for it in items):
+        scene = scenes.get(item.image_id)
+        if scene is None or len(scene.objects) != 1:
+            continue
+        o = scene.objects[0]
+        questions = [(f"What color is the {o.shape}?", o.colour), (f"What shape is the {o.colour} object?", o.shape),
+                     (f"Where is the {o.colour} {o.shape}?", o.position)]
+        for k, (question, answer) in enumerate(questions):
+            out.append(dataclasses.replace(item, question_id=-(item.question_id * 10 + k), question=question,
+                                           question_type="describe", multiple_choice_answer=answer, answers=()))
+    return out
+
+
+def load_corpora(data_dir: Path, split: str) -> Corpora:
+    vqa = load_vqa(data_dir, split)
+    icl: dict[str, list[VQAItem]] = defaultdict(list)
+    for item in vqa:
+        if item.is_icl:
+            icl[item.question_type].append(item)
+    multimodal = load_multimath(data_dir, split)
+    for subset in ("geo", "perce_reason"):
+        multimodal += load_vermulti(data_dir, subset, split)
+    try:
+        scenes = load_vqa_scenes(data_dir, split)
+    except (OSError, ValueError):  # real VQA data has no scene sidecar: no describe rows
+        scenes = {}
+    return Corpora(
+        icl=dict(sorted(icl.items())),
+        vqa=[it for it in vqa if not it.is_icl],
+        math=load_deepscaler(data_dir, split),
+        multimodal=multimodal,
+        describe=describe_items(icl, scenes),
+    )
+
+
+def extra_math_rows(n: int, seed: int, exclude: set[str]) -> list[MathItem]:
+    """`n` more DeepScaler-style rows from the data layer's generator (own seed; `exclude`d problems skipped)."""
+    from lmmops.data.synthetic.deepscaler import make_row
+
+    rng = np.random.default_rng([seed, 9_001])
+    rows: list[MathItem] = []
+    i = 0
+    while len(rows) < n:
+        row = make_row(rng, 1 + i % 5)
+        i += 1
+        if row["problem"] in exclude:
+            continue
+        rows.append(MathItem(f"extra:{i}", row["problem"], row["answer"], row["solution"], row["level"], "train"))
+    return rows
+
+
+def multimodal_completion(item: MultimodalItem) -> str:
+    return f"<think>{MULTIMODAL_THINK}</think><answer>{item.answer.strip()}</answer>"
+
+
+def corpus_texts(corpora: Corpora) -> list[str]:
+    """Every text the model trains on (the tokenizer's vocabulary comes from these)."""
+    texts = [item_text(ICLItem(None, it.question, it.multiple_choice_answer), with_answer=True)
+             for items in [corpora.vqa, corpora.describe, *corpora.icl.values()] for it in items]
+    texts += [reasoning_prompt(r.problem) + (r.solution or "") for r in corpora.math]
+    texts += [reasoning_prompt(r.question) + multimodal_completion(r) for r in corpora.multimodal]
+    texts += list(ICL_VOCABULARY)
+    return texts
+
+
+def open_image(path: Path) -> Image.Image:
+    with Image.open(path) as im:
+        return im.convert("RGB")
+
+
+# ----------------------------------------------------------------------------------------------------
+# model
+
+
+def image_stats(paths: Sequence[Path], limit: int = 500) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of (up to `limit` of) the training images, in [0, 1].
+
+    Why: the synthetic images are mostly bright background. With CLIP's web-image statistics every pixel
+    value sits near +1.7 and the shape is a small deviation, so the vision features are dominated by the
+    background and the decoder needs hundreds of steps to start reading them (a colour-only probe stayed
+    at ln 4 for 120 steps); normalised with the data's own statistics (as CLIP was with its own data) the
+    same probe learns colour in about 50 steps.
+    """
+    picks = [paths[i] for i in np.linspace(0, len(paths) - 1, min(limit, len(paths))).astype(int)] if paths else []
+    if not picks:
+        return [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
+    pixels = np.concatenate([np.asarray(open_image(p).resize((IMAGE_SIZE, IMAGE_SIZE)), dtype=np.float64).reshape(-1, 3)
+                             for p in picks]) / 255.0
+    return [round(float(v), 4) for v in pixels.mean(0)], [round(float(v), 4) for v in pixels.std(0)]
+
+
+def build_processor(
+    corpus: Sequence[str], image_mean: Sequence[float] | None = None, image_std: Sequence[float] | None = None
+) -> LlavaProcessor:
+    """Word-level tokenizer over `corpus` + CLIP image processor (32 px; mean/std of the data when given)."""
+    tok = build_word_tokenizer(
+        SPECIALS, corpus, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>", add_bos=True
+    )
+    stats = {"image_mean": list(image_mean), "image_std": list(image_std)} if image_mean and image_std else {}
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, **stats
+    )
+    return LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tok,
+        patch_size=PATCH,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,  # CLIP's CLS, dropped by the "default" strategy
+    )
+
+
+def build_model(cfg: BootstrapConfig, processor: LlavaProcessor) -> LlavaForConditionalGeneration:
+    tok = processor.tokenizer
+    config = LlavaConfig(
+        image_token_index=tok.convert_tokens_to_ids("<image>"),
+        image_seq_length=(IMAGE_SIZE // PATCH) ** 2,
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-1,
+        text_config={
+            "model_type": "llama",
+            "vocab_size": len(tok),
+            "hidden_size": cfg.text_hidden,
+            "intermediate_size": cfg.text_intermediate,
+            "num_hidden_layers": cfg.text_layers,
+            "num_attention_heads": cfg.text_heads,
+            "num_key_value_heads": cfg.text_kv_heads,
+            "max_position_embeddings": 1024,
+            "pad_token_id": tok.pad_token_id,
+            "bos_token_id": tok.bos_token_id,
+            "eos_token_id": tok.eos_token_id,
+        },
+        vision_config={
+            "model_type": "clip_vision_model",
+            "hidden_size": cfg.vision_hidden,
+            "intermediate_size": cfg.vision_intermediate,
+            "num_hidden_layers": cfg.vision_layers,
+            "num_attention_heads": cfg.vision_heads,
+            "image_size": IMAGE_SIZE,
+            "patch_size": PATCH,
+        },
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = LlavaForConditionalGeneration(config)
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
+    return model
+
+
+def count_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# ----------------------------------------------------------------------------------------------------
+# pre-tokenised training rows (the same ids as the processor + adapter template, built without them)
+
+
+@dataclass
+class Row:
+    ids: list[int]
+    labels: list[bool]  # True where the loss applies
+    images: list[int]  # indices into the pixel table, in order of the image tokens
+    group: str  # "icl" | "vqa" | "describe" | "reasoning" | "mm_reasoning"
+
+
+@dataclass
+class Encoded:
+    """Token ids and pixel tensors of every training item, computed once."""
+
+    pixels: torch.Tensor  # (n_images, 3, 32, 32)
+    image_index: dict[Path, int]
+    item_ids: dict[int, tuple[list[int], int]]  # VQA question_id -> (text ids, answer length)
+    bos: int
+    eos: int
+    sep: int
+    image_tokens: list[int]
+
+
+def encode(corpora: Corpora, processor: LlavaProcessor, image_seq_length: int) -> Encoded:
+    tok = processor.tokenizer
+    vqa_items = corpora.vqa + corpora.describe + [it for items in corpora.icl.values() for it in items]
+    paths = sorted({it.image_path for it in vqa_items} | {r.images[0] for r in corpora.multimodal})
+    pixels = processor.image_processor([open_image(p) for p in paths], return_tensors="pt")["pixel_values"]
+    item_ids = {}
+    for it in vqa_items:
+        icl_item = ICLItem(None, it.question, it.multiple_choice_answer)
+        ids = tok(item_text(icl_item, with_answer=True), add_special_tokens=False)["input_ids"]
+        item_ids[it.question_id] = (ids, len(_answer_token_ids(tok, icl_item)))
+    return Encoded(
+        pixels=pixels,
+        image_index={p: i for i, p in enumerate(paths)},
+        item_ids=item_ids,
+        bos=tok.bos_token_id,
+        eos=tok.eos_token_id,
+        sep=tok.convert_tokens_to_ids(SEPARATOR),
+        image_tokens=[tok.convert_tokens_to_ids("<image>")] * image_seq_length,
+    )
+
+
+def interleaved_row(enc: Encoded, items: Sequence[VQAItem], group: str) -> Row:
+    """BOS, then per item its image tokens and `Question: q Short answer: a`, separated by newlines.
+
+    The loss covers every answer: with the causal mask an 8-demo episode trains 0..8-shot prediction at once.
+    """
+    row = Row([enc.bos], [False], [], group)
+    for j, it in enumerate(items):
+        ids, n_answer = enc.item_ids[it.question_id]
+        row.ids += enc.image_tokens + ids
+        row.labels += [False] * (len(enc.image_tokens) + len(ids) - n_answer) + [True] * n_answer
+        row.images.append(enc.image_index[it.image_path])
+        if j < len(items) - 1:
+            row.ids.append(enc.sep)
+            row.labels.append(False)
+    return row
+
+
+def reasoning_row(enc: Encoded, tok: Any, prompt: str, completion: str, image: Path | None, group: str) -> Row:
+    """Prompt (image tokens first when there is an image), then completion + EOS under the loss."""
+    p_ids = tok(prompt.removeprefix("<image>"), add_special_tokens=False)["input_ids"]
+    c_ids = tok(completion, add_special_tokens=False)["input_ids"] + [enc.eos]
+    head = [enc.bos] + (enc.image_tokens if image is not None else []) + p_ids
+    images = [enc.image_index[image]] if image is not None else []
+    return Row(head + c_ids, [False] * len(head) + [True] * len(c_ids), images, group)
+
+
+def sample_batch(rng: np.random.Generator, corpora: Corpora, enc: Encoded, tok: Any, cfg: BootstrapConfig) -> list[Row]:
+    n_icl = round(cfg.batch_size * cfg.icl_share) if corpora.icl else 0
+    n_vqa = round(cfg.batch_size * cfg.vqa_share) if corpora.vqa else 0
+    n_mm = round(cfg.batch_size * cfg.multimodal_reasoning_share) if corpora.multimodal else 0
+    n_describe = round(cfg.batch_size * cfg.describe_share) if corpora.describe else 0
+    n_text = cfg.batch_size - n_icl - n_vqa - n_mm - n_describe
+    tasks = list(corpora.icl)
+    rows: list[Row] = []
+    for _ in range(n_icl):
+        pool = corpora.icl[tasks[int(rng.integers(len(tasks)))]]
+        picks = rng.choice(len(pool), size=min(cfg.max_shots + 1, len(pool)), replace=False)
+        rows.append(interleaved_row(enc, [pool[i] for i in picks], "icl"))
+    for _ in range(n_vqa):
+        picks = rng.choice(len(corpora.vqa), size=min(cfg.vqa_pack, len(corpora.vqa)), replace=False)
+        rows.append(interleaved_row(enc, [corpora.vqa[i] for i in picks], "vqa"))
+    for _ in range(n_describe):
+        picks = rng.choice(len(corpora.describe), size=min(cfg.vqa_pack, len(corpora.describe)), replace=False)
+        rows.append(interleaved_row(enc, [corpora.describe[i] for i in picks], "describe"))
+    for _ in range(n_mm):
+        r = corpora.multimodal[int(rng.integers(len(corpora.multimodal)))]
+        rows.append(reasoning_row(enc, tok, reasoning_prompt(r.question, with_image=True),
+                                  multimodal_completion(r), r.images[0], "mm_reasoning"))
+    for _ in range(n_text):
+        m = corpora.math[int(rng.integers(len(corpora.math)))]
+        rows.append(reasoning_row(enc, tok, reasoning_prompt(m.problem), m.solution or "", None, "reasoning"))
+    return rows
+
+
+def collate(rows: Sequence[Row], enc: Encoded, pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded tensors; pixel values in the order of the image tokens (as Llava scatters them)."""
+    width = max(len(r.ids) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    loss_mask = torch.zeros((len(rows), width), dtype=torch.bool)
+    for i, r in enumerate(rows):
+        ids[i, : len(r.ids)] = torch.tensor(r.ids)
+        mask[i, : len(r.ids)] = 1
+        loss_mask[i, : len(r.ids)] = torch.tensor(r.labels)
+    batch = {"input_ids": ids, "attention_mask": mask, "loss_mask": loss_mask}
+    images = [j for r in rows for j in r.images]
+    if images:
+        batch["pixel_values"] = enc.pixels[images]
+    return batch
+
+
+def check_template(corpora: Corpora, enc: Encoded, model: LlavaForConditionalGeneration,
+                   processor: LlavaProcessor) -> None:
+    """The pre-tokenised episode must equal what the adapter builds with the processor (same template)."""
+    if not corpora.icl:
+        return
+    items = next(iter(corpora.icl.values()))[:3]
+    icl = [ICLItem(open_image(it.image_path), it.question, it.multiple_choice_answer) for it in items]
+    batch = adapter_for(model, processor).build_prompts([(icl[:-1], icl[-1])], with_answer=True,
+                                                        padding_side="right")
+    row = interleaved_row(enc, items, "icl")
+    if batch.input_ids[0].tolist() != row.ids:
+        raise AssertionError(f"pre-tokenised episode differs from build_prompts:\n{row.ids}\n{batch.input_ids[0]}")
+    if not torch.allclose(batch.inputs["pixel_values"], enc.pixels[row.images]):
+        raise AssertionError("pre-computed pixel values differ from the processor's")
+    s, e = batch.answer_span
+    if [i for i, lab in zip(row.ids, row.labels, strict=True) if lab][-(e - s):] != row.ids[s:e]:
+        raise AssertionError("query answer span differs from build_prompts")
+
+
+# ----------------------------------------------------------------------------------------------------
+# training
+
+
+@dataclass
+class TrainResult:
+    model: LlavaForConditionalGeneration
+    processor: LlavaProcessor
+    history: list[dict[str, float]]  # one entry per logged step: step, loss, loss_<group>, lr
+    steps: int
+    train_seconds: float  # wall time of the optimisation steps, summed over resumed sessions
+    resumed_from: int
+    checkpoint: Path | None = None
+    data_sizes: dict[str, int] = field(default_factory=dict)
+
+
+def checkpoint_key(cfg: BootstrapConfig, data_dir: Path) -> str:
+    """Hash of everything that decides the trained weights: the config (minus bookkeeping) and the data."""
+    params = {k: v for k, v in to_dict(cfg).items() if k not in _BOOKKEEPING and not k.startswith("eval_")}
+    manifest = data_dir / "manifest.json"
+    data = hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.is_file() else str(data_dir.resolve())
+    blob = json.dumps({"params": params, "data": data}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def lr_at(step: int, cfg: BootstrapConfig) -> float:
+    """Warm-up, then constant, then a linear decay to 10% over the last `cfg.decay_share` of the steps.
+
+    Why constant for most of the run: the vision path is learned late (the loss sits on a plateau first),
+    and a cosine schedule has already shrunk the step size by then.
+    """
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    decay_start = cfg.steps * (1 - cfg.decay_share)
+    if step < decay_start:
+        return cfg.lr
+    return cfg.lr * (1 - 0.9 * (step - decay_start) / max(1.0, cfg.steps - decay_start))
+
+
+def group_losses(
+    logits: torch.Tensor, batch: dict[str, torch.Tensor], groups: Sequence[str]
+) -> dict[str, torch.Tensor]:
+    """Mean next-token cross-entropy on the loss positions of each row group."""
+    targets = batch["input_ids"][:, 1:]
+    mask = batch["loss_mask"][:, 1:]
+    ce = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(), reduction="none").view_as(targets)
+    out = {}
+    for g in sorted(set(groups)):
+        rows = torch.tensor([x == g for x in groups])
+        m = mask & rows[:, None]
+        out[g] = (ce * m).sum() / m.sum().clamp(min=1)
+    return out
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(state, tmp)
+    tmp.replace(path)  # a crash mid-write never leaves a half checkpoint
+
+
+def train(
+    cfg: BootstrapConfig,
+    data_dir: Path,
+    checkpoint_dir: Path | None,
+    *,
+    on_log: Callable[[int, dict[str, float]], None] | None = None,
+    stop_after: int | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train (or resume) the base model; `stop_after` ends early at that step (tests use it to simulate a crash).
+
+    `on_log(step, metrics)` receives every logged step, including those restored from a checkpoint.
+    """
+    torch.set_num_threads(cfg.threads)
+    data_dir = Path(data_dir)
+
+    # 1. Data and tokenizer: the vocabulary is the train corpora's words.
+    corpora = load_corpora(data_dir, "train")
+    if cfg.extra_reasoning_rows:
+        test_problems = {r.problem for r in load_deepscaler(data_dir, "test")}
+        corpora.math = corpora.math + extra_math_rows(cfg.extra_reasoning_rows, cfg.seed, test_problems)
+    train_images = sorted({it.image_path for items in [corpora.vqa, *corpora.icl.values()] for it in items})
+    processor = build_processor(corpus_texts(corpora), *image_stats(train_images))
+    model = build_model(cfg, processor)
+    tok = processor.tokenizer
+    enc = encode(corpora, processor, model.config.image_seq_length)
+    check_template(corpora, enc, model, processor)
+
+    # 2. Optimiser, and the checkpoint to resume from (same config and data only: the key is their hash).
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    ckpt = Path(checkpoint_dir) / checkpoint_key(cfg, data_dir) / "last.pt" if checkpoint_dir else None
+    start, history, seconds = 0, [], 0.0
+    if ckpt is not None and ckpt.is_file():
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start, history, seconds = state["step"], state["history"], state["train_seconds"]
+    for entry in history:
+        if on_log:
+            on_log(int(entry["step"]), {k: v for k, v in entry.items() if k != "step"})
+
+    def checkpoint(step: int) -> None:
+        if ckpt is not None:
+            save_checkpoint(ckpt, {"step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                   "history": history, "train_seconds": seconds, "config": to_dict(cfg)})
+
+    # 3. The loop. Each step's batch depends only on (seed, step), so a resumed run sees the same data.
+    end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
+    model.train()
+    bar = tqdm(range(start, end), initial=start, total=cfg.steps, desc="bootstrap", disable=not progress,
+               mininterval=1.0, dynamic_ncols=True)
+    for step in bar:
+        t0 = time.perf_counter()
+        rng = np.random.default_rng([cfg.seed, step])
+        rows = sample_batch(rng, corpora, enc, tok, cfg)
+        batch = collate(rows, enc, tok.pad_token_id)
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       pixel_values=batch.get("pixel_values")).logits
+        # Each group weighs the same, however many tokens it has (reasoning traces are long, ICL answers short).
+        losses = group_losses(logits, batch, [r.group for r in rows])
+        loss = torch.stack(list(losses.values())).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        seconds += time.perf_counter() - t0
+        done = step + 1
+        if done % cfg.log_every == 0 or done == end:
+            entry = {"step": float(done), "loss": loss.item(), "lr": lr_at(step, cfg), "train_seconds": seconds,
+                     **{f"loss_{g}": v.item() for g, v in losses.items()}}
+            history.append(entry)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+            if on_log:
+                on_log(done, {k: v for k, v in entry.items() if k != "step"})
+        if done % cfg.checkpoint_every == 0 or done == end:
+            checkpoint(done)
+    bar.close()
+    model.eval()
+    return TrainResult(
+        model=model,
+        processor=processor,
+        history=history,
+        steps=max(start, end),
+        train_seconds=seconds,
+        resumed_from=start,
+        checkpoint=ckpt,
+        data_sizes={"icl_items": sum(map(len, corpora.icl.values())), "vqa_items": len(corpora.vqa),
+                    "describe_items": len(corpora.describe),
+                    "math_rows": len(corpora.math), "multimodal_rows": len(corpora.multimodal)},
+    )
+
+
+# ----------------------------------------------------------------------------------------------------
+# evaluation
+
+
+def icl_chance(item: VQAItem) -> float:
+    """Accuracy of guessing the task uniformly: the share of the 9 tasks that give this item's answer."""
+    task = get_icl_task(item.question_type)
+    value = next(v for v, a in task.mapping if a == item.multiple_choice_answer)
+    same = [t for t in ICL_TASKS if t.attribute == task.attribute]
+    return sum(t.answer_for_value(value) == item.multiple_choice_answer for t in same) / len(ICL_TASKS)
+
+
+@torch.no_grad()
+def evaluate_icl(
+    model: Any,
+    processor: Any,
+    items: Sequence[VQAItem],
+    shots: Sequence[int] = (0, 1, 2, 4, 8),
+    *,
+    repeats: int = 3,
+    seed: int = 0,
+    batch_size: int = 32,
+    demo_pool: Sequence[VQAItem] | None = None,
+    samples_out: list[dict[str, Any]] | None = None,
+) -> dict[str, float]:
+    """k-shot accuracy on the ICL items of `items`, per task and averaged, for every k in `shots`.
+
+    Each ICL query is asked `repeats` times with demonstrations drawn from the other items of its task
+    (in `demo_pool` when given, else in `items`); the k-shot prompt uses the first k of the same draw, so
+    the shot counts differ only in k. Correct = greedy decoding emits exactly the answer tokens (teacher
+    forced, one forward pass). Returns icl_acc_<k>shot, icl_acc_<k>shot/<task>, icl_chance, icl_queries.
+    """
+    adapter = adapter_for(model, processor)
+    queries = [it for it in items if it.is_icl]
+    pool: dict[str, list[VQAItem]] = defaultdict(list)
+    for it in demo_pool if demo_pool is not None else queries:
+        if it.is_icl:
+            pool[it.question_type].append(it)
+    images: dict[Path, Image.Image] = {}
+
+    def as_icl(it: VQAItem) -> ICLItem:
+        if it.image_path not in images:
+            images[it.image_path] = open_image(it.image_path)
+        return ICLItem(images[it.image_path], it.question, it.multiple_choice_answer)
+
+    max_k = max(shots)
+    jobs: list[tuple[int, str, list[VQAItem], VQAItem]] = []
+    for qi, q in enumerate(queries):
+        candidates = [d for d in pool[q.question_type] if d.question_id != q.question_id]
+        for r in range(repeats):
+            rng = np.random.default_rng([seed, qi, r])
+            picks = rng.choice(len(candidates), size=min(max_k, len(candidates)), replace=False)
+            demos = [candidates[i] for i in picks]
+            jobs += [(k, q.question_type, demos[:k], q) for k in shots]
+    correct: dict[tuple[int, str], list[float]] = defaultdict(list)
+    device = next(model.parameters()).device
+    for b in range(0, len(jobs), batch_size):
+        chunk = jobs[b : b + batch_size]
+        batch = adapter.build_prompts([([as_icl(d) for d in demos], as_icl(q)) for _, _, demos, q in chunk],
+                                      with_answer=True).to(device)
+        logits = model(**batch.model_inputs()).logits
+        for row, (k, task, _demos, q) in enumerate(chunk):
+            s, e = batch.answer_spans[row]
+            predicted = logits[row, s - 1 : e - 1].argmax(-1)
+            ok = bool((predicted == batch.input_ids[row, s:e]).all())
+            correct[(k, task)].append(float(ok))
+            if samples_out is not None and len(samples_out) < 40 and k in (0, max_k):
+                samples_out.append({"shots": k, "task": task, "answer": q.multiple_choice_answer,
+                                    "predicted": processor.tokenizer.decode(predicted), "correct": ok})
+    out: dict[str, float] = {}
+    tasks = sorted({t for _, t in correct})
+    for k in shots:
+        per_task = {t: float(np.mean(correct[(k, t)])) for t in tasks}
+        out[f"icl_acc_{k}shot"] = float(np.mean([v for t in tasks for v in correct[(k, t)]])) if tasks else 0.0
+        out.update({f"icl_acc_{k}shot/{t.removeprefix('icl/')}": v for t, v in per_task.items()})
+    out["icl_chance"] = float(np.mean([icl_chance(q) for q in queries])) if queries else 0.0
+    out["icl_queries"] = float(len(queries))
+    return out
+
+
+@torch.no_grad()
+def generate_completions(model: Any, processor: Any, prompts: Sequence[str], *, max_new_tokens: int = 96,
+                         batch_size: int = 50) -> list[str]:
+    """Greedy completions of text-only prompts (left padded), special tokens removed."""
+    tok = processor.tokenizer if hasattr(processor, "tokenizer") else processor
+    device = next(model.parameters()).device
+    out: list[str] = []
+    for b in range(0, len(prompts), batch_size):
+        enc = tok(list(prompts[b : b + batch_size]), padding=True, padding_side="left", return_tensors="pt").to(device)
+        gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                             pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+        out += tok.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+    return out
+
+
+def evaluate_reasoning(
+    model: Any,
+    processor: Any,
+    rows: Sequence[MathItem],
+    *,
+    max_new_tokens: int = 96,
+    batch_size: int = 50,
+    samples_out: list[dict[str, Any]] | None = None,
+) -> dict[str, float]:
+    """Format rate and accuracy of greedy completions on DeepScaler rows, with the RL rewards of record.
+
+    Returns reasoning_format_rate (`format_reward`), reasoning_accuracy (`verify_batch`, rows with an
+    unparseable gold skipped) and reasoning_accuracy/level<n>. The caller needs an
+    `if __name__ == "__main__":` guard when this runs in a script (the verifier uses worker processes).
+    """
+    from lmmops.rl.rewards import format_reward, verify_batch
+
+    completions = generate_completions(model, processor, [reasoning_prompt(r.problem) for r in rows],
+                                       max_new_tokens=max_new_tokens, batch_size=batch_size)
+    formats = [format_reward(c) for c in completions]
+    accuracy = verify_batch(completions, [r.answer for r in rows])
+    scored = [(r, a) for r, a in zip(rows, accuracy, strict=True) if a is not None]
+    out = {
+        "reasoning_format_rate": float(np.mean(formats)) if formats else 0.0,
+        "reasoning_accuracy": float(np.mean([a for _, a in scored])) if scored else 0.0,
+        "reasoning_rows": float(len(rows)),
+    }
+    for level in sorted({r.level for r, _ in scored if r.level is not None}):
+        out[f"reasoning_accuracy/level{level}"] = float(np.mean([a for r, a in scored if r.level == level]))
+    if samples_out is not None:
+        samples_out += [{"problem": r.problem, "answer": r.answer, "completion": c, "format": f, "accuracy": a}
+                        for r, c, f, a in list(zip(rows, completions, formats, accuracy, strict=True))[:20]]
+    return out
+
+
+def config_summary(cfg: BootstrapConfig) -> dict[str, Any]:
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _BOOKKEEPING}

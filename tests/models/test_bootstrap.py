@@ -1,0 +1,117 @@
+"""The bootstrap trainer and stage at test size: loss decreases, resume continues, the registered model loads back.
+
+Run: `.venv/bin/python -m pytest tests/models/test_bootstrap.py -q` (about a minute on 2 cores).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+from lmmops.config import (
+    BootstrapConfig,
+    GenerateConfig,
+    MathGenConfig,
+    MultimodalMathGenConfig,
+    SokobanGenConfig,
+    VQAGenConfig,
+)
+from lmmops.models.bootstrap import build_processor, corpus_texts, load_corpora, train
+
+# A test-size model and run: same code path as the default, a few seconds of training.
+TINY = BootstrapConfig(
+    text_hidden=32,
+    text_layers=1,
+    text_heads=2,
+    text_kv_heads=1,
+    text_intermediate=64,
+    vision_hidden=16,
+    vision_layers=1,
+    vision_heads=1,
+    vision_intermediate=32,
+    steps=30,
+    batch_size=8,
+    lr=3e-3,
+    warmup_steps=3,
+    max_shots=2,
+    vqa_pack=2,
+    extra_reasoning_rows=0,
+    checkpoint_every=10,
+    log_every=5,
+    eval_shots=(0, 1, 2),
+    eval_repeats=1,
+    eval_max_new_tokens=8,
+)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from lmmops.data import generate_all
+
+    root = tmp_path_factory.mktemp("bootstrap")
+    cfg = GenerateConfig(
+        out_dir="data",
+        vqa=VQAGenConfig(train=120, val=10, test=40),
+        deepscaler=MathGenConfig(train=30, test=6),
+        multimodal=MultimodalMathGenConfig(multimath_train=3, multimath_test=1, geo_train=3, geo_test=1,
+                                           perce_reason_train=3, perce_reason_test=1),
+        sokoban=SokobanGenConfig(train=1, test=1, sizes=(6,), num_boxes=(1,)),
+    )
+    generate_all(cfg, root=root, progress=False)
+    return root / "data"
+
+
+def test_word_tokenizer_round_trips_the_reasoning_format(data_dir: Path) -> None:
+    tok = build_processor(corpus_texts(load_corpora(data_dir, "train"))).tokenizer
+    text = "<think>9 * 9 = 81. 81 - 18 = 63.</think><answer>$\\boxed{63}$</answer>"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert tok.unk_token_id not in ids
+    assert tok.decode(ids, skip_special_tokens=True) == text
+    assert len(tok("Short answer: bravo", add_special_tokens=False)["input_ids"]) == 4  # answers are whole words
+
+
+def test_tiny_bootstrap_trains_and_loss_decreases(data_dir: Path, tmp_path: Path) -> None:
+    result = train(TINY, data_dir, tmp_path / "ckpt", progress=False)
+    losses = [h["loss"] for h in result.history]
+    assert result.steps == TINY.steps and len(losses) == TINY.steps // TINY.log_every
+    assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2 * 0.9, losses
+    assert result.train_seconds < 60
+
+
+def test_resume_continues_at_the_saved_step(data_dir: Path, tmp_path: Path) -> None:
+    first = train(TINY, data_dir, tmp_path / "ckpt", stop_after=10, progress=False)
+    assert first.steps == 10 and first.checkpoint is not None and first.checkpoint.is_file()
+    assert torch.load(first.checkpoint, weights_only=False)["step"] == 10
+    logged: list[int] = []
+    second = train(TINY, data_dir, tmp_path / "ckpt", on_log=lambda step, m: logged.append(step), progress=False)
+    assert second.resumed_from == 10 and second.steps == TINY.steps
+    assert logged == list(range(TINY.log_every, TINY.steps + 1, TINY.log_every))  # restored + new steps
+    # A different config trains from scratch (the checkpoint key is the config + data hash).
+    other = train(dataclasses.replace(TINY, seed=1, steps=5), data_dir, tmp_path / "ckpt", progress=False)
+    assert other.resumed_from == 0
+
+
+def test_stage_registers_champion_that_loads_back(data_dir: Path, project: Path) -> None:
+    from lmmops.models import load_model
+    from lmmops.stages import metrics_path, run_stage
+
+    cfg = dataclasses.replace(TINY, data_dir=str(data_dir), steps=10)
+    metrics = run_stage("bootstrap", cfg, root=project)
+    for key in ("icl_acc_0shot", "icl_acc_2shot", "icl_chance", "reasoning_format_rate", "reasoning_accuracy",
+                "params"):
+        assert key in metrics
+    assert metrics_path(project, "bootstrap").is_file()
+    saved, _ = load_model(project / cfg.out_dir)
+    registered, processor = load_model("models:/lmmops-base@champion")
+    assert type(registered).__name__ == "LlavaForConditionalGeneration"
+    assert processor.tokenizer.decode(processor.tokenizer("<think>1</think>")["input_ids"], skip_special_tokens=True) \
+        == "<think>1</think>"
+    a, b = saved.state_dict(), registered.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # ... and they are the trained weights, not a fresh initialisation.
+    ckpt = next((project / cfg.checkpoint_dir).glob("*/last.pt"))
+    trained = torch.load(ckpt, weights_only=False)["model"]
+    assert all(torch.equal(trained[k], b[k]) for k in trained if k in b)
