@@ -16,6 +16,7 @@ same BOS/EOS conventions but a vocabulary of a few hundred, so tiny models stay 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
@@ -61,12 +62,7 @@ def build_tokenizer(
     BOS when `add_special_tokens=True` (Llama/Mistral convention); without it nothing is added (Qwen).
     Every special token that is not one of the named ones becomes an extra special token.
     """
-    named = [t for t in (bos_token, eos_token, pad_token, unk_token) if t is not None]
-    missing = [t for t in named if t not in special_tokens]
-    if missing:
-        raise ValueError(f"named special tokens {missing} are not in special_tokens")
-    if add_bos and bos_token is None:
-        raise ValueError("add_bos=True needs a bos_token")
+    _check_special_tokens(special_tokens, (bos_token, eos_token, pad_token, unk_token), add_bos, bos_token)
     if len(set(special_tokens)) != len(special_tokens):
         raise ValueError("special_tokens has duplicates")
 
@@ -80,25 +76,9 @@ def build_tokenizer(
         show_progress=False,
     )
     tok.train_from_iterator(list(DEFAULT_CORPUS if corpus is None else corpus), trainer=trainer)
-    if add_bos:
-        bos_id = tok.token_to_id(bos_token)
-        tok.post_processor = processors.TemplateProcessing(
-            single=f"{bos_token} $A", pair=f"{bos_token} $A {bos_token} $B", special_tokens=[(bos_token, bos_id)]
-        )
-    else:
-        tok.post_processor = processors.ByteLevel(trim_offsets=False)
-
-    extra = [t for t in special_tokens if t not in named]
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token=bos_token,
-        eos_token=eos_token,
-        pad_token=pad_token,
-        unk_token=unk_token,
-        extra_special_tokens=extra,
-        model_max_length=model_max_length,
-        clean_up_tokenization_spaces=False,
-    )
+    return _wrap(tok, special_tokens, bos_token=bos_token, eos_token=eos_token, pad_token=pad_token,
+                 unk_token=unk_token, add_bos=add_bos, model_max_length=model_max_length,
+                 default_post_processor=processors.ByteLevel(trim_offsets=False))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -142,12 +122,7 @@ def build_word_tokenizer(
     including the no-space joins the reasoning format needs (`</think><answer>`). `special_tokens` get
     ids 0..n-1 in order; `added_tokens` (the reasoning tags) are single, non-special tokens.
     """
-    named = [t for t in (bos_token, eos_token, pad_token, unk_token) if t is not None]
-    missing = [t for t in named if t not in special_tokens]
-    if missing:
-        raise ValueError(f"named special tokens {missing} are not in special_tokens")
-    if add_bos and bos_token is None:
-        raise ValueError("add_bos=True needs a bos_token")
+    _check_special_tokens(special_tokens, (bos_token, eos_token, pad_token, unk_token), add_bos, bos_token)
     pre = word_pre_tokenizer()
     words: set[str] = {chr(c) for c in range(33, 127)} | {WORD_MARK, "\n"}
     for text in corpus:
@@ -162,19 +137,47 @@ def build_word_tokenizer(
     tok.decoder = decoders.Metaspace(replacement=WORD_MARK, prepend_scheme="never", split=True)
     tok.add_special_tokens(list(special_tokens))
     tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in added_tokens])
+    return _wrap(tok, special_tokens, bos_token=bos_token, eos_token=eos_token, pad_token=pad_token,
+                 unk_token=unk_token, add_bos=add_bos, model_max_length=model_max_length)
+
+
+def _check_special_tokens(special_tokens: Sequence[str], named: Sequence[str | None], add_bos: bool,
+                          bos_token: str | None) -> None:
+    missing = [t for t in named if t is not None and t not in special_tokens]
+    if missing:
+        raise ValueError(f"named special tokens {missing} are not in special_tokens")
+    if add_bos and bos_token is None:
+        raise ValueError("add_bos=True needs a bos_token")
+
+
+def _wrap(
+    tok: Tokenizer,
+    special_tokens: Sequence[str],
+    *,
+    bos_token: str | None,
+    eos_token: str | None,
+    pad_token: str | None,
+    unk_token: str | None,
+    add_bos: bool,
+    model_max_length: int,
+    default_post_processor: Any = None,
+) -> PreTrainedTokenizerFast:
+    """BOS post-processing (when asked) and the transformers wrapper; the non-named specials become extras."""
     if add_bos:
         bos_id = tok.token_to_id(bos_token)
         tok.post_processor = processors.TemplateProcessing(
             single=f"{bos_token} $A", pair=f"{bos_token} $A {bos_token} $B", special_tokens=[(bos_token, bos_id)]
         )
-    extra = [t for t in special_tokens if t not in named]
+    elif default_post_processor is not None:
+        tok.post_processor = default_post_processor
+    named = {bos_token, eos_token, pad_token, unk_token}
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token=bos_token,
         eos_token=eos_token,
         pad_token=pad_token,
         unk_token=unk_token,
-        extra_special_tokens=extra,
+        extra_special_tokens=[t for t in special_tokens if t not in named],
         model_max_length=model_max_length,
         clean_up_tokenization_spaces=False,
     )
