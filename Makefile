@@ -20,6 +20,7 @@ export GX_ANALYTICS_ENABLED := false
 export PREFECT_HOME := $(CURDIR)/.prefect
 export HF_HOME := $(CURDIR)/.cache/huggingface
 export XDG_CACHE_HOME := $(CURDIR)/.cache
+export SQLITE_TMPDIR ?= /tmp
 export MPLCONFIGDIR := $(CURDIR)/.cache/matplotlib
 export TORCH_EXTENSIONS_DIR := $(CURDIR)/.cache/torch_extensions
 export HF_HUB_OFFLINE := 1

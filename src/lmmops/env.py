@@ -5,7 +5,8 @@ libraries are imported. Values already set by the user win (setdefault), so a la
 elsewhere. Library code does not read these; they steer the third-party libraries:
 
 - telemetry: MLflow (`DO_NOT_TRACK` must be exactly "true"), DVC, Prefect, Great Expectations, HF;
-- nothing under $HOME or /var/tmp: Prefect's home, HF/torch-extension/matplotlib caches go to
+- nothing under $HOME or /var/tmp: SQLite temp files go to the system temp dir (SQLITE_TMPDIR);
+  Prefect's home, HF/torch-extension/matplotlib caches go to
   `<repo>/.prefect` and `<repo>/.cache` (both git-ignored);
 - offline: `HF_HUB_OFFLINE=1`, nothing is downloaded at run time.
 """
@@ -13,6 +14,7 @@ elsewhere. Library code does not read these; they steer the third-party librarie
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 
@@ -45,6 +47,8 @@ def configure_environment(root: Path) -> None:
         "TRITON_CACHE_DIR": str(cache / "triton"),
         "MPLCONFIGDIR": str(cache / "matplotlib"),
         "XDG_CACHE_HOME": str(cache),
+        # SQLite (Prefect's, MLflow's and DVC's stores) puts its temp files in /var/tmp unless told otherwise
+        "SQLITE_TMPDIR": tempfile.gettempdir(),
         # offline
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
