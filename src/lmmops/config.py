@@ -13,6 +13,7 @@ Adding a stage: define its dataclass here and add it to STAGE_CONFIGS.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -228,12 +229,9 @@ def _coerce(tp: Any, value: Any, *, where: str, key: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        errors = []
         for arg in (a for a in args if a is not type(None)):
-            try:
+            with contextlib.suppress(ConfigError):
                 return _coerce(arg, value, where=where, key=key)
-            except ConfigError as exc:
-                errors.append(str(exc))
         raise bad(" or ".join(getattr(a, "__name__", str(a)) for a in args))
     if origin is Literal:
         if value not in args:

@@ -10,6 +10,7 @@ artifacts and DVC outputs under reports/.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -31,8 +32,6 @@ def _data_version(ctx: StageContext, data_dir: Path) -> str | None:
 
 def _holds_real_data(data_dir: Path) -> bool:
     """True when data_dir has files but no synthetic manifest: a user's real datasets live there."""
-    import json
-
     if not data_dir.is_dir() or not any(data_dir.iterdir()):
         return False
     manifest = data_dir / "manifest.json"

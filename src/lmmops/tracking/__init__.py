@@ -23,7 +23,6 @@ How to look: `make ui` (MLflow UI on 127.0.0.1), or `lmmops report`.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import subprocess
 import tempfile
@@ -363,6 +362,3 @@ def download_artifacts(uri: str, dst: Path | None = None) -> Path:
     local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst))
     return Path(local)
 
-
-def to_json(obj: Any) -> str:
-    return json.dumps(obj, indent=2, sort_keys=True, default=str)
