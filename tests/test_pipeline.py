@@ -37,6 +37,9 @@ TINY_PARAMS = {
         "steps": 10, "batch_size": 4, "warmup_steps": 2, "max_shots": 2, "vqa_pack": 2,
         "checkpoint_every": 5, "log_every": 5, "eval_shots": [0, 1], "eval_repeats": 1, "eval_max_new_tokens": 8,
     },
+    "index": {"batch_size": 16},
+    "icl-eval": {"max_queries": 6, "strategies": ["zero-shot", "RS", "SI", "SQ", "SQA"], "shots": [1, 2],
+                 "manipulations": ["wrong_answer"], "analysis_shots": 2, "max_new_tokens": 3},
 }
 
 
@@ -86,6 +89,7 @@ def test_make_run_steps_then_noop(fresh_clone: Path):
     repro = _run(root, "dvc", "repro")
     assert repro.returncode == 0, repro.stdout + repro.stderr
     assert "Running stage 'validate'" in repro.stdout
+    assert "Running stage 'index'" in repro.stdout and "Running stage 'icl-eval'" in repro.stdout
     assert "Stage 'generate' didn't change, skipping" in repro.stdout  # ensure-data recorded it
 
     again = _run(root, "dvc", "repro")
@@ -103,8 +107,28 @@ def test_make_run_steps_then_noop(fresh_clone: Path):
     assert by_stage["validate"]["dvc_data_md5"] == md5
     head = git(root, "rev-parse", "HEAD").strip()
     assert by_stage["validate"]["git_commit"] == head
+    assert "acc/RS/1shot" in by_stage["icl-eval"]["metrics"]
+    assert (root / "reports/icl_eval/accuracy_vs_shots.png").is_file()
     table = _run(root, "lmmops", "report")
     assert "validate" in table.stdout and "make ui" in table.stdout
+
+
+def test_changed_data_rebuilds_the_index(fresh_clone: Path):
+    """A stale index is never reused: new data (one image changed) makes `dvc repro` rebuild it."""
+    from PIL import Image
+
+    root = fresh_clone
+    image = next((root / "data" / "vqa").rglob("COCO_train2014_*"))
+    with Image.open(image) as im:
+        pixels = im.convert("RGB")
+    pixels.putpixel((0, 0), tuple(255 - c for c in pixels.getpixel((0, 0))))
+    pixels.save(image)
+    subprocess.run([str(BIN / "dvc"), "add", "-q", "data"], cwd=root, check=True)
+    repro = _run(root, "dvc", "repro")
+    assert repro.returncode == 0, repro.stdout + repro.stderr
+    assert "Running stage 'index'" in repro.stdout and "Running stage 'icl-eval'" in repro.stdout
+    md5 = yaml.safe_load((root / "data.dvc").read_text())["outs"][0]["md5"]
+    assert json.loads((root / "models/index/index.json").read_text())["data_version"] == md5
 
 
 def test_corrupt_row_stops_validate_with_a_named_row(fresh_clone: Path):

@@ -157,10 +157,55 @@ class BootstrapConfig:
     eval_max_new_tokens: int = 96
 
 
+# ----------------------------------------------------------------------------------------------------
+# index / icl-eval (configuring the in-context sequence, PAPERS.md §1)
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """Embed the support (train) split into vector indexes and cache the base model's image features."""
+
+    data_dir: str = "data"
+    model: str = "models/base"  # a checkpoint dir, `models:/<name>@<alias>`, or a GGUF file
+    out_dir: str = "models/index"  # one sub-directory per embedding space + demo_features/ (a DVC output)
+    support_split: str = "train"
+    kind: Literal["flat", "ivf"] = "flat"  # exact inner product, or IVF (approximate) for large support sets
+    image_embedder: Literal["model", "pixels"] = "model"  # the base model's own vision features, or pixels
+    spaces: tuple[str, ...] = ("image", "question", "qa")
+    demo_cache: bool = True  # store the base model's image features of every support image
+    batch_size: int = 64
+    threads: int = 2
+
+
+@dataclass(frozen=True)
+class ICLEvalConfig:
+    """k-shot ICL for every (strategy, shots); manipulations at one (strategy, shots) for TR/TL."""
+
+    data_dir: str = "data"
+    model: str = "models/base"
+    index_dir: str = "models/index"  # built by the index stage (checked against data version and model)
+    out_dir: str = "reports/icl_eval"
+    query_split: str = "test"
+    max_queries: int = 0  # 0 = every query of the split
+    strategies: tuple[str, ...] = ("zero-shot", "RS", "SI", "SQ", "SQA", "SQA-pseudo", "SI->Q", "SQ->I", "mixed")
+    shots: tuple[int, ...] = (1, 2, 4, 8)
+    manipulations: tuple[str, ...] = ("wrong_answer", "mismatch_answer", "mismatch_image", "mismatch_question",
+                                      "reverse", "instruction")
+    analysis_strategy: str = "RS"  # the manipulations (and TR/TL) use this strategy ...
+    analysis_shots: int = 4  # ... at this shot count
+    use_demo_cache: bool = True
+    batch_size: int = 32
+    max_new_tokens: int = 8
+    seed: int = 0
+    threads: int = 2
+
+
 STAGE_CONFIGS: dict[str, type] = {
     "generate": GenerateConfig,
     "validate": ValidateConfig,
     "bootstrap": BootstrapConfig,
+    "index": IndexConfig,
+    "icl-eval": ICLEvalConfig,
 }
 
 

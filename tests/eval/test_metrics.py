@@ -84,3 +84,21 @@ def test_copy_rate():
     assert copy_rate([], []) == 0.0
     with pytest.raises(ValueError):
         copy_rate(["a"], [])
+
+
+def test_task_recognition_learning_hand_computed() -> None:
+    from lmmops.eval.analysis import task_recognition_learning
+
+    assert task_recognition_learning(0.62, 0.50) == pytest.approx({"TR": 0.50, "TL": 0.12})
+    # wrong answers that help would make TL negative; it is reported as such, not clipped
+    assert task_recognition_learning(0.40, 0.45) == pytest.approx({"TR": 0.45, "TL": -0.05})
+
+
+def test_shot_gains_and_accuracy_by() -> None:
+    from lmmops.eval.analysis import accuracy_by, shot_gains
+
+    assert shot_gains({8: 0.70, 1: 0.40, 2: 0.55, 4: 0.65}) == pytest.approx({2: 0.15, 4: 0.10, 8: 0.05})
+    assert shot_gains({4: 0.5}) == {}
+    assert accuracy_by([1.0, 0.0, 1.0, 1.0], ["b", "a", "b", "a"]) == {"a": 0.5, "b": 1.0}
+    with pytest.raises(ValueError, match="3 values for 2 keys"):
+        accuracy_by([1.0, 0.0, 1.0], ["a", "b"])

@@ -2,11 +2,20 @@
 
 - `copy_rate(predictions, demo_answers)`: the share of predictions that equal, after VQA answer
   normalisation, an answer that appears among that query's in-context demonstrations.
+- `task_recognition_learning(acc_correct, acc_manipulated)`: TR = the accuracy with wrong/mismatched
+  demonstration answers (the model still recognises the task format), TL = the extra accuracy that the
+  correct answers bring (acc_correct - TR, may be negative).
+- `shot_gains(acc_by_shots)`: the accuracy gain of each doubling of shots, to check that gains shrink.
+- `accuracy_by(values, keys)`: mean accuracy per group (e.g. per question type).
+
+Run: `pytest tests/eval -q`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from itertools import pairwise
 
 from lmmops.eval.metrics import normalize_answer
 
@@ -25,3 +34,24 @@ def copy_rate(predictions: Sequence[str], demo_answers: Sequence[Sequence[str]])
         norm = normalize_answer(pred)
         copied += any(norm == normalize_answer(d) for d in demos)
     return copied / len(predictions)
+
+
+def task_recognition_learning(acc_correct: float, acc_manipulated: float) -> dict[str, float]:
+    """{"TR": accuracy with wrong demo answers, "TL": acc_correct - TR} (PAPERS.md §1)."""
+    return {"TR": acc_manipulated, "TL": acc_correct - acc_manipulated}
+
+
+def shot_gains(acc_by_shots: Mapping[int, float]) -> dict[int, float]:
+    """Gain over the next smaller shot count: {k: acc[k] - acc[previous k]} for every k but the smallest."""
+    shots = sorted(acc_by_shots)
+    return {k: acc_by_shots[k] - acc_by_shots[prev] for prev, k in pairwise(shots)}
+
+
+def accuracy_by(values: Sequence[float], keys: Sequence[str]) -> dict[str, float]:
+    """Mean of `values` per key, keys sorted."""
+    if len(values) != len(keys):
+        raise ValueError(f"{len(values)} values for {len(keys)} keys")
+    groups: dict[str, list[float]] = defaultdict(list)
+    for v, k in zip(values, keys, strict=True):
+        groups[k].append(v)
+    return {k: sum(v) / len(v) for k, v in sorted(groups.items())}

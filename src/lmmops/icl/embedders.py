@@ -165,33 +165,25 @@ def _model_fingerprint(model: torch.nn.Module, *parts: str) -> str:
 
 class ModelImageEmbedder(ImageEmbedder):
     """An LMM's own image representation: the vision tower's output after the model's projector/connector
-    (`model.get_image_features(...).pooler_output`, i.e. the image tokens the language model reads),
-    mean-pooled over tokens and L2-normalised. One image per processor row, so tiled or variable-length
-    families still give one vector per image."""
+    (the image tokens the language model reads, `adapter.image_features`), mean-pooled over tokens and
+    L2-normalised. One image per processor row, so tiled or variable-length families still give one vector
+    per image. `pool(features)` turns already computed features (the demo feature cache) into the same
+    vectors without running the vision tower again."""
 
     SUPPORTED_FAMILIES: tuple[str, ...] = ("llava", "idefics2", "idefics3", "qwen2_vl", "qwen2_5_vl")
 
     def __init__(self, model: torch.nn.Module, processor: Any, *, batch_size: int = 16):
         from lmmops.models import adapter_for
 
-        adapter = adapter_for(model)  # raises UnsupportedModelError (a ValueError) for unknown classes
-        if adapter.family not in self.SUPPORTED_FAMILIES:
+        adapter = adapter_for(model, processor)  # raises UnsupportedModelError (a ValueError) for unknown classes
+        if not adapter.has_image_features:
             raise ValueError(
                 f"ModelImageEmbedder supports the families {', '.join(self.SUPPORTED_FAMILIES)}; "
                 f"got {adapter.family!r} (idefics v1 has no get_image_features; llama is text-only)"
             )
-        self.model, self.family, self.batch_size = adapter.model, adapter.family, batch_size
-        self.image_processor = getattr(processor, "image_processor", processor)
-        self.dim = int(self.model.config.get_text_config().hidden_size)
+        self.adapter, self.model, self.family, self.batch_size = adapter, adapter.model, adapter.family, batch_size
+        self.dim = int(adapter.hidden_size)
         self.name = f"model:{self.family}:{_model_fingerprint(self.model)}"
-
-    def _pixel_inputs(self, images: list[Image.Image]) -> dict[str, torch.Tensor]:
-        # llava's CLIP processor takes a flat list; the others take one list of images per sample.
-        batch: list[Any] = images if self.family == "llava" else [[im] for im in images]
-        inputs = dict(self.image_processor(batch, return_tensors="pt"))
-        dtype = next(self.model.parameters()).dtype
-        device = next(self.model.parameters()).device
-        return {k: (v.to(device, dtype) if v.is_floating_point() else v.to(device)) for k, v in inputs.items()}
 
     def embed_images(self, images: Sequence[ImageLike]) -> np.ndarray:
         # eval mode for the call (no dropout: the same image must give the same vector), then restored
@@ -202,19 +194,28 @@ class ModelImageEmbedder(ImageEmbedder):
         finally:
             self.model.train(was_training)
 
-    @torch.inference_mode()
-    def _embed(self, images: Sequence[ImageLike]) -> np.ndarray:
-        out = np.zeros((len(images), self.dim), dtype=np.float32)
-        for start in _batches(len(images), self.batch_size, f"embed images ({self.family})"):
-            batch = [_open_rgb(im) for im in images[start : start + self.batch_size]]
-            features = self.model.get_image_features(**self._pixel_inputs(batch)).pooler_output
-            if len(features) != len(batch):
-                raise ValueError(
-                    f"{self.family}: get_image_features gave {len(features)} outputs for {len(batch)} images"
-                )
-            for i, f in enumerate(features):
-                out[start + i] = f.float().reshape(-1, self.dim).mean(0).cpu().numpy()
+    def features(self, images: Sequence[ImageLike], *, desc: str | None = None) -> list[torch.Tensor]:
+        """Per image, the (tokens, hidden) features the language model reads (eval mode, batched)."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            out: list[torch.Tensor] = []
+            for start in _batches(len(images), self.batch_size, desc or f"image features ({self.family})"):
+                batch = [_open_rgb(im) for im in images[start : start + self.batch_size]]
+                out += [f.float().cpu() for f in self.adapter.image_features(batch)]
+            return out
+        finally:
+            self.model.train(was_training)
+
+    def pool(self, features: Sequence[torch.Tensor]) -> np.ndarray:
+        """Mean over tokens, L2-normalised: the embedding of each image from its features."""
+        out = np.zeros((len(features), self.dim), dtype=np.float32)
+        for i, f in enumerate(features):
+            out[i] = f.float().reshape(-1, self.dim).mean(0).cpu().numpy()
         return l2_normalize(out)
+
+    def _embed(self, images: Sequence[ImageLike]) -> np.ndarray:
+        return self.pool(self.features(images, desc=f"embed images ({self.family})"))
 
 
 class JointEmbedder(ImageEmbedder):

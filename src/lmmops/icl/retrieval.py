@@ -193,6 +193,12 @@ class Retriever:
                 self._vectors[space] = self._embed(space, self.support, answers)
         return self._vectors[space]
 
+    def use_vectors(self, space: str, vectors: np.ndarray) -> None:
+        """Support embeddings of `space` computed elsewhere (e.g. pooled from the demo feature cache)."""
+        if len(vectors) != len(self.support):
+            raise ValueError(f"{space}: {len(vectors)} vectors for {len(self.support)} support items")
+        self._vectors[space] = np.ascontiguousarray(vectors, dtype=np.float32)
+
     def index_name(self, space: str) -> str:
         """The embedder name an index of `space` records: "<embedder name>:<space>" ("" without embedder)."""
         embedder: Any = self.image_embedder if space in ("image", "joint_qa") else self.text_embedder
@@ -207,6 +213,11 @@ class Retriever:
         return self._indexes[space]
 
     # ----- validation ------------------------------------------------------------------------------
+    def check(self, strategy: str, k: int) -> None:
+        """Raise ValueError if `strategy` at `k` shots cannot run on this support set (unknown strategy,
+        k out of range, a missing embedder or shared space), without embedding or searching anything."""
+        self._check(strategy, [], k, None)
+
     def _check(self, strategy: str, queries: Sequence[VQAItem], k: int,
                predictions: Mapping[int, str] | None) -> Strategy:
         if strategy not in STRATEGIES:

@@ -27,6 +27,17 @@ must equal the row's first tokens, and the answer's tokens come from the tokeniz
 text and must equal the row's last tokens. Any mismatch raises PromptAlignmentError rather than return a
 wrong span. Text-only prompts use the tokenizer's character offsets on the whole prompt directly.
 
+Image features (the demo feature cache of `lmmops.icl.cache`): `image_features(images)` returns, per
+image, the embeddings the language model reads at that image's image tokens (vision tower + projector or
+connector, one image per call row so that each image's features stand alone), and
+`embed_with_image_features(input_ids, features)` writes them into the token embeddings at the image-token
+positions, in prompt order, exactly as the model's own forward does; `model(inputs_embeds=...)` then skips
+the vision encoder. Supported (`supports_feature_cache`) for llava, idefics2 and idefics3, whose forward
+merges image features by a masked scatter at the image token. Not for idefics (gated cross-attention reads
+the image states inside every layer) nor qwen2_vl/qwen2_5_vl (their M-RoPE position ids are computed from
+input_ids and image_grid_thw inside the forward, which inputs_embeds would bypass): those raise
+NotImplementedError naming the family.
+
 Run: `python -c "from lmmops.models import build_tiny, adapter_for; m, p = build_tiny('idefics2');
 print(adapter_for(m, p).num_kv_heads)"`.
 
@@ -75,6 +86,9 @@ class ModelAdapter:
     live_site: ClassVar[str] = "mlp_output"
     image_placeholder: ClassVar[str] = "<image>"
     text_model_path: ClassVar[tuple[str, ...]]
+    vision_model_path: ClassVar[tuple[str, ...]] = ()  # the vision encoder (counted by tests/benchmarks)
+    has_image_features: ClassVar[bool] = False  # `image_features` works (get_image_features, one image a row)
+    supports_feature_cache: ClassVar[bool] = False  # `embed_with_image_features` + inputs_embeds is exact
 
     def __init__(self, model: nn.Module, processor: Any = None):
         self.model = model
@@ -140,7 +154,71 @@ class ModelAdapter:
         config = getattr(self.self_attn_modules[0], "config", None) or self.text_config
         return str(config._attn_implementation)
 
+    # ----- image features (demo feature cache) ------------------------------------------------------
+    @property
+    def vision_model(self) -> nn.Module:
+        """The vision encoder module (its forward runs once per image batch the model encodes)."""
+        if not self.vision_model_path:
+            raise NotImplementedError(f"{self.family} has no separate vision encoder module")
+        module: Any = self.model
+        for name in self.vision_model_path:
+            module = getattr(module, name)
+        return module
+
+    @property
+    def image_token_id(self) -> int:
+        return int(self.model.config.image_token_id)
+
+    def _require_feature_cache(self) -> None:
+        if not self.supports_feature_cache:
+            raise NotImplementedError(
+                f"{self.family}: precomputed image features are not supported (see lmmops.models.adapters); "
+                f"run ICL without the demo feature cache"
+            )
+
+    def _pixel_inputs(self, images: Sequence[Image], processor: Any) -> dict[str, torch.Tensor]:
+        """Image-processor tensors for `images`, one image per row, on the model's device and dtype."""
+        image_processor = getattr(processor, "image_processor", processor)
+        inputs = dict(image_processor([[im] for im in images], return_tensors="pt"))
+        return self._to_model(inputs)
+
+    def _to_model(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        param = next(self.model.parameters())
+        return {k: (v.to(param.device, param.dtype) if v.is_floating_point() else v.to(param.device))
+                for k, v in inputs.items()}
+
+    @torch.no_grad()
+    def image_features(self, images: Sequence[Image], processor: Any = None) -> list[torch.Tensor]:
+        """Per image, the (image tokens, hidden) embeddings the language model reads for it."""
+        if not self.has_image_features:
+            raise NotImplementedError(f"{self.family}: no per-image features (no get_image_features to call)")
+        processor = processor if processor is not None else self.processor
+        if processor is None:
+            raise ValueError(f"{type(self).__name__} needs a processor: adapter_for(model, processor)")
+        if not images:
+            return []
+        features = list(self.model.get_image_features(**self._pixel_inputs(images, processor)).pooler_output)
+        if len(features) != len(images):
+            raise ValueError(f"{self.family}: get_image_features gave {len(features)} outputs for {len(images)} images")
+        return [f.reshape(-1, f.shape[-1]) for f in features]
+
+    def embed_with_image_features(self, input_ids: torch.Tensor, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Token embeddings of `input_ids` with the image-token positions filled by `features` (in order)."""
+        self._require_feature_cache()
+        embeds = self.model.get_input_embeddings()(input_ids)
+        mask = input_ids == self.image_token_id
+        n_tokens = int(mask.sum())
+        flat = torch.cat([f.reshape(-1, embeds.shape[-1]) for f in features]) if features else embeds.new_zeros(0, 1)
+        if flat.shape[0] != n_tokens:
+            raise ValueError(f"{self.family}: {n_tokens} image tokens in the prompts but {flat.shape[0]} feature "
+                             f"rows for {len(features)} images")
+        return embeds.masked_scatter(mask[..., None], flat.to(embeds.device, embeds.dtype))
+
     # ----- prompts ---------------------------------------------------------------------------------
+    def postprocess_answer(self, generated: str) -> str:
+        """A short answer from generated text: up to the first newline (the item separator), stripped."""
+        return generated.split(SEPARATOR, 1)[0].split("Question:", 1)[0].strip()
+
     def build_prompt(
         self,
         demos: Sequence[ItemLike],
@@ -293,18 +371,32 @@ class Idefics2Adapter(ModelAdapter):
     family = "idefics2"
     model_classes = ("Idefics2ForConditionalGeneration",)
     text_model_path = ("model", "text_model")
+    vision_model_path = ("model", "vision_model")
+    has_image_features = True
+    supports_feature_cache = True
 
 
 class Idefics3Adapter(ModelAdapter):
     family = "idefics3"
     model_classes = ("Idefics3ForConditionalGeneration",)
     text_model_path = ("model", "text_model")
+    vision_model_path = ("model", "vision_model")
+    has_image_features = True
+    supports_feature_cache = True
 
 
 class LlavaAdapter(ModelAdapter):
     family = "llava"
     model_classes = ("LlavaForConditionalGeneration",)
     text_model_path = ("model", "language_model")
+    vision_model_path = ("model", "vision_tower")
+    has_image_features = True
+    supports_feature_cache = True
+
+    def _pixel_inputs(self, images: Sequence[Image], processor: Any) -> dict[str, torch.Tensor]:
+        # LLaVA's CLIP image processor takes a flat list (one pixel tensor per image).
+        image_processor = getattr(processor, "image_processor", processor)
+        return self._to_model(dict(image_processor(list(images), return_tensors="pt")))
 
 
 class Qwen2VLAdapter(ModelAdapter):
@@ -312,6 +404,8 @@ class Qwen2VLAdapter(ModelAdapter):
     model_classes = ("Qwen2VLForConditionalGeneration",)
     image_placeholder = "<|vision_start|><|image_pad|><|vision_end|>"
     text_model_path = ("model", "language_model")
+    vision_model_path = ("model", "visual")
+    has_image_features = True
 
 
 class Qwen2_5_VLAdapter(Qwen2VLAdapter):

@@ -57,6 +57,20 @@ STAGES: dict[str, Stage] = {
             ("icl_acc_0shot", "icl_acc_1shot", "icl_acc_8shot", "icl_chance", "reasoning_format_rate",
              "reasoning_accuracy", "params", "seconds"),
         ),
+        Stage(
+            "index",
+            "lmmops.stages.icl:index",
+            "embed the support split into faiss indexes (image, question, question+answer) and cache the base "
+            "model's image features of every support image",
+            ("support_items", "cached_images", "seconds"),
+        ),
+        Stage(
+            "icl-eval",
+            "lmmops.stages.icl:icl_eval",
+            "k-shot ICL for every retrieval strategy and shot count, manipulations, TR/TL, copy rates, plots",
+            ("acc/zero-shot/0shot", "acc/RS/1shot", "acc/RS/8shot", "acc/SI/8shot", "acc/SQ/8shot", "copy/RS/8shot",
+             "copy/SQ/8shot", "copy/SQA/8shot", "TR", "TL", "seconds"),
+        ),
     ]
 }
 assert set(STAGES) == set(STAGE_CONFIGS), "every stage needs a typed config in lmmops.config"

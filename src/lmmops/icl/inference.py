@@ -1,0 +1,130 @@
+"""Batched k-shot ICL generation: demonstrations + query -> a short answer, with or without the demo
+feature cache.
+
+    from lmmops.icl.inference import ICLRunner
+    runner = ICLRunner(model, processor, cache=DemoFeatureCache.load(...), batch_size=32)
+    answers = runner.predict([(demos, query), ...], instruction=None)   # demos/query: VQAItems
+
+Prompts are built by the model family's adapter (`build_prompts`, left padded) with the shared template
+`Question: {q} Short answer:`; generation is greedy (`max_new_tokens`, stopping at EOS or the item
+separator) and the text is cut by the adapter's `postprocess_answer` (up to the first newline, stripped).
+
+With a cache, the vision encoder runs only for images the cache does not hold (the queries, in one batched
+call per prompt batch); the support images' features are read from the cache and written into the token
+embeddings (`adapter.embed_with_image_features`), and the model is called with `inputs_embeds`. The two
+paths give the same logits (tests/icl/test_inference.py). `vision_images_encoded` counts the images sent
+through the vision encoder by this runner.
+
+Prompts are processed in order of length within a batch window so that padding stays small; predictions
+come back in the caller's order.
+
+Run: `python -m pytest tests/icl/test_inference.py -q`; benchmark: `python benchmarks/icl_eval.py`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from lmmops.data.schemas import VQAItem
+from lmmops.icl.cache import DemoFeatureCache, image_key
+from lmmops.models import ICLItem, adapter_for
+from lmmops.models.prompt import SEPARATOR
+
+Prompt = tuple[Sequence[VQAItem], VQAItem]
+
+
+class ICLRunner:
+    """Greedy short-answer generation for batches of (demos, query) prompts."""
+
+    def __init__(
+        self,
+        model: Any,
+        processor: Any,
+        *,
+        cache: DemoFeatureCache | None = None,
+        batch_size: int = 32,
+        max_new_tokens: int = 8,
+        progress: bool = True,
+    ):
+        self.model, self.processor = model, processor
+        self.adapter = adapter_for(model, processor)
+        if cache is not None:
+            self.adapter._require_feature_cache()
+        self.cache, self.batch_size, self.max_new_tokens, self.progress = cache, batch_size, max_new_tokens, progress
+        self.vision_images_encoded = 0
+        self._images: dict[Path, Image.Image] = {}
+        tok = getattr(processor, "tokenizer", processor)
+        self.tokenizer = tok
+        stop = [tok.eos_token_id] if tok.eos_token_id is not None else []
+        sep = tok(SEPARATOR, add_special_tokens=False)["input_ids"]
+        if len(sep) == 1:  # stop at the item separator when it is one token
+            stop.append(sep[0])
+        self.stop_ids = stop
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else (stop[0] if stop else 0)
+
+    def _image(self, path: Path) -> Image.Image:
+        if path not in self._images:
+            with Image.open(path) as im:
+                self._images[path] = im.convert("RGB")
+        return self._images[path]
+
+    def _item(self, it: VQAItem, with_answer: bool) -> ICLItem:
+        return ICLItem(self._image(it.image_path), it.question, it.multiple_choice_answer if with_answer else None)
+
+    def _inputs_embeds(self, batch_items: list[list[VQAItem]], input_ids: torch.Tensor) -> torch.Tensor:
+        """Token embeddings with every image's features: cached ones read, the rest encoded in one call."""
+        assert self.cache is not None
+        order = [it.image_path for row in batch_items for it in row]
+        missing = list(dict.fromkeys(p for p in order if image_key(p) not in self.cache))
+        fresh: dict[str, torch.Tensor] = {}
+        if missing:
+            feats = self.adapter.image_features([self._image(p) for p in missing])
+            self.vision_images_encoded += len(missing)
+            fresh = {image_key(p): f for p, f in zip(missing, feats, strict=True)}
+        features = [fresh[k] if k in fresh else self.cache.get(k) for k in map(image_key, order)]
+        return self.adapter.embed_with_image_features(input_ids, features)  # type: ignore[arg-type]
+
+    @torch.no_grad()
+    def _generate(self, prompts: Sequence[Prompt], instruction: str | None) -> list[str]:
+        specs = [([self._item(d, True) for d in demos], self._item(q, False)) for demos, q in prompts]
+        batch = self.adapter.build_prompts(specs, instruction=instruction, padding_side="left")
+        device = next(self.model.parameters()).device
+        batch = batch.to(device)
+        kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "do_sample": False,
+                                  "eos_token_id": self.stop_ids, "pad_token_id": self.pad_id}
+        if self.cache is not None:
+            rows = [[*demos, q] for demos, q in prompts]
+            embeds = self._inputs_embeds(rows, batch.input_ids)
+            out = self.model.generate(inputs_embeds=embeds, attention_mask=batch.attention_mask, **kwargs)
+            new = out  # generate from inputs_embeds returns only the new tokens
+        else:
+            n_images = sum(len(demos) + 1 for demos, _ in prompts)
+            self.vision_images_encoded += n_images
+            out = self.model.generate(**batch.model_inputs(), **kwargs)
+            new = out[:, batch.input_ids.shape[1]:]
+        texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
+        return [self.adapter.postprocess_answer(t) for t in texts]
+
+    def predict(self, prompts: Sequence[Prompt], *, instruction: str | None = None,
+                desc: str = "icl") -> list[str]:
+        """Short answers for every (demos, query) prompt, in the given order."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            # Sort by demo count (prompt length) so that each batch pads little; restore order after.
+            order = sorted(range(len(prompts)), key=lambda i: len(prompts[i][0]))
+            answers: list[str] = [""] * len(prompts)
+            starts = range(0, len(order), self.batch_size)
+            for b in tqdm(starts, desc=desc, disable=not self.progress, leave=False, mininterval=1.0):
+                chunk = order[b : b + self.batch_size]
+                for i, a in zip(chunk, self._generate([prompts[i] for i in chunk], instruction), strict=True):
+                    answers[i] = a
+            return answers
+        finally:
+            self.model.train(was_training)

@@ -1,0 +1,263 @@
+"""The demo feature cache, batched ICL inference, the experiment plan and the `index` / `icl-eval` stages,
+on a test-size LLaVA built by the bootstrap code (random weights: the numbers are not the point here,
+the plumbing is; the default model's numbers come from `make run`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from lmmops.config import (
+    BootstrapConfig,
+    GenerateConfig,
+    ICLEvalConfig,
+    IndexConfig,
+    MathGenConfig,
+    MultimodalMathGenConfig,
+    SokobanGenConfig,
+    VQAGenConfig,
+)
+from lmmops.data.loaders import load_vqa
+from lmmops.data.schemas import VQAAnswer
+from lmmops.icl.cache import DemoFeatureCache, image_key
+from lmmops.icl.embedders import ModelImageEmbedder
+from lmmops.icl.experiment import RunSpec, check_plan, plan_runs, run_plan, score
+from lmmops.icl.index import StaleIndexError
+from lmmops.icl.inference import ICLRunner
+from lmmops.icl.retrieval import Retriever
+
+torch.set_num_threads(1)
+
+TINY_MODEL = BootstrapConfig(text_hidden=32, text_layers=1, text_heads=2, text_kv_heads=1, text_intermediate=64,
+                             vision_hidden=16, vision_layers=1, vision_heads=1, vision_intermediate=32, steps=2,
+                             batch_size=4, max_shots=2, vqa_pack=2, extra_reasoning_rows=0, log_every=1)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Generated test-size data and a saved test-size LLaVA (2 training steps) with its word tokenizer."""
+    from lmmops.data import generate_all
+    from lmmops.models.bootstrap import train
+
+    root = tmp_path_factory.mktemp("icl")
+    cfg = GenerateConfig(
+        out_dir="data",
+        vqa=VQAGenConfig(train=60, val=4, test=16),
+        deepscaler=MathGenConfig(train=4, test=2),
+        multimodal=MultimodalMathGenConfig(multimath_train=1, multimath_test=1, geo_train=1, geo_test=1,
+                                           perce_reason_train=1, perce_reason_test=1),
+        sokoban=SokobanGenConfig(train=1, test=1, sizes=(6,), num_boxes=(1,)),
+    )
+    generate_all(cfg, root=root, progress=False)
+    result = train(TINY_MODEL, root / "data", None, progress=False)
+    result.model.save_pretrained(root / "model")
+    result.processor.save_pretrained(root / "model")
+    return root
+
+
+@pytest.fixture(scope="module")
+def loaded(workspace: Path) -> tuple:
+    from lmmops.models import load_model
+
+    model, processor = load_model(workspace / "model")
+    return model, processor, load_vqa(workspace / "data", "train"), load_vqa(workspace / "data", "test")
+
+
+class VisionCounter:
+    """Counts the images that go through the vision tower (a forward hook on the module)."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.images = 0
+        self.handle = module.register_forward_hook(self._hook)
+
+    def _hook(self, module: torch.nn.Module, args: tuple, kwargs_or_out: object) -> None:
+        self.images += int(args[0].shape[0])
+
+    def close(self) -> None:
+        self.handle.remove()
+
+
+def test_cache_round_trip_and_stale_checks(loaded: tuple, tmp_path: Path) -> None:
+    model, processor, support, _ = loaded
+    embedder = ModelImageEmbedder(model, processor, batch_size=8)
+    cache = DemoFeatureCache.build(embedder, [it.image_path for it in support], data_version="v1")
+    assert len(cache) == len({it.image_path.name for it in support})
+    direct = embedder.adapter.image_features([embedder_image(support[0].image_path)])[0]
+    torch.testing.assert_close(cache.get(image_key(support[0].image_path)), direct, rtol=1e-5, atol=1e-5)
+    cache.save(tmp_path / "c")
+    again = DemoFeatureCache.load(tmp_path / "c", model_fingerprint=embedder.name, data_version="v1")
+    assert again.features.keys() == cache.features.keys()
+    with pytest.raises(StaleIndexError, match="data version differs"):
+        DemoFeatureCache.load(tmp_path / "c", model_fingerprint=embedder.name, data_version="v2")
+    with pytest.raises(StaleIndexError, match="model differs"):
+        DemoFeatureCache.load(tmp_path / "c", model_fingerprint="model:llava:other", data_version="v1")
+    (tmp_path / "c" / "features.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="checksum"):
+        DemoFeatureCache.load(tmp_path / "c")
+    with pytest.raises(FileNotFoundError, match="lmmops index"):
+        DemoFeatureCache.load(tmp_path / "missing")
+
+
+def embedder_image(path: Path) -> Any:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.convert("RGB")
+
+
+def test_cached_inference_encodes_query_images_only_and_matches(loaded: tuple) -> None:
+    model, processor, support, test = loaded
+    embedder = ModelImageEmbedder(model, processor, batch_size=16)
+    cache = DemoFeatureCache.build(embedder, [it.image_path for it in support], data_version="v")
+    queries = test[:6]
+    rows = Retriever(support).retrieve("RS", queries, 3, seed=0)
+    prompts = [([support[i] for i in row], q) for row, q in zip(rows, queries, strict=True)]
+    vision = embedder.adapter.vision_model
+
+    counter = VisionCounter(vision)
+    try:
+        uncached = ICLRunner(model, processor, batch_size=4, progress=False).predict(prompts)
+        images_uncached = counter.images
+        counter.images = 0
+        runner = ICLRunner(model, processor, cache=cache, batch_size=8, progress=False)  # one batch
+        cached = runner.predict(prompts)
+        images_cached = counter.images
+    finally:
+        counter.close()
+    assert cached == uncached
+    assert images_uncached == len(queries) * 4  # 3 demos + the query, every prompt
+    assert images_cached == len({q.image_path for q in queries}) == runner.vision_images_encoded  # queries only
+
+
+def test_cached_logits_equal_uncached(loaded: tuple) -> None:
+    from lmmops.models import ICLItem, adapter_for
+
+    model, processor, support, test = loaded
+    adapter = adapter_for(model, processor)
+    items = [ICLItem(embedder_image(it.image_path), it.question, it.multiple_choice_answer) for it in support[:3]]
+    query = ICLItem(embedder_image(test[0].image_path), test[0].question)
+    batch = adapter.build_prompts([(items, query), (items[:1], query)])
+    with torch.no_grad():
+        reference = model(**batch.model_inputs()).logits
+        features = adapter.image_features([it.image for it in [*items, query, items[0], query]])
+        embeds = adapter.embed_with_image_features(batch.input_ids, features)
+        logits = model(inputs_embeds=embeds, attention_mask=batch.attention_mask).logits
+    torch.testing.assert_close(logits, reference, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="image tokens"):
+        adapter.embed_with_image_features(batch.input_ids, features[:-1])
+
+
+def test_score_hand_computed(loaded: tuple) -> None:
+    _, _, support, _ = loaded
+    q = support[0]
+    ten = tuple(VQAAnswer(a, "yes", i + 1) for i, a in enumerate(["red"] * 2 + ["blue"] * 8))
+    query = dataclasses.replace(q, answers=ten, multiple_choice_answer="blue", question_type="what color")
+    demo_red = dataclasses.replace(q, multiple_choice_answer="red")
+    # "red": 2 of 10 annotators -> official accuracy 0.6 (8 subsets with 1 other match -> 1/3, 2 with 2 -> 2/3...)
+    # exactly: subsets leaving out a "red" have 1 red -> 1/3 (x2); leaving out a "blue" have 2 reds -> 2/3 (x8)
+    metrics = score([query, query], ["red", "Blue."], [[demo_red], [demo_red]])
+    assert metrics["accuracy"] == pytest.approx(((2 * (1 / 3) + 8 * (2 / 3)) / 10 + 1.0) / 2)
+    assert metrics["copy_rate"] == 0.5  # "red" copies the demo; "blue" does not
+    assert metrics["accuracy/what color"] == metrics["accuracy"]
+
+
+def test_plan_errors_come_before_any_generation(loaded: tuple) -> None:
+    _, _, support, test = loaded
+    retriever = Retriever(support)
+
+    class NoGeneration:
+        def predict(self, *a: object, **k: object) -> list[str]:
+            raise AssertionError("generation started")
+
+    for specs, message in [
+        ([RunSpec("RS", 1), RunSpec("SX", 1)], "unknown retrieval strategy 'SX'"),
+        ([RunSpec("RS", len(support) + 1)], "larger than the support set"),
+        ([RunSpec("RS", 2, "shuffle")], "unknown manipulation 'shuffle'"),
+        ([RunSpec("SQA-pseudo", 2)], "needs an RS run at 2 shots or a zero-shot run"),
+        ([RunSpec("RS", 1), RunSpec("SI", 1)], "needs an image embedder"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            run_plan(specs, test, retriever, NoGeneration(), seed=0)
+    specs = plan_runs(["zero-shot", "SQA-pseudo", "RS"], [1, 2], manipulations=["wrong_answer"], analysis=("RS", 2))
+    assert [s.name for s in specs] == ["zero-shot", "RS 1-shot", "RS 2-shot", "RS 2-shot wrong_answer",
+                                       "SQA-pseudo 1-shot", "SQA-pseudo 2-shot"]
+    check_plan(specs, Retriever(support, text_embedder=object()), test)  # type: ignore[arg-type]
+
+
+def _stage_configs(workspace: Path) -> tuple[IndexConfig, ICLEvalConfig]:
+    index = IndexConfig(data_dir=str(workspace / "data"), model=str(workspace / "model"), batch_size=16, threads=1)
+    evaluation = ICLEvalConfig(data_dir=str(workspace / "data"), model=str(workspace / "model"), max_queries=8,
+                               strategies=("zero-shot", "RS", "SI", "SQ", "SQA", "SQA-pseudo", "mixed"),
+                               shots=(1, 2), manipulations=("wrong_answer", "reverse"), analysis_shots=2,
+                               batch_size=8, max_new_tokens=3, threads=1)
+    return index, evaluation
+
+
+def test_index_and_icl_eval_stages(workspace: Path, project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lmmops.stages import metrics_path, run_stage
+
+    index_cfg, eval_cfg = _stage_configs(workspace)
+    metrics = run_stage("index", index_cfg, root=project)
+    assert metrics["support_items"] == 60 and metrics["cached_images"] > 0
+    summary = json.loads((project / "models/index/index.json").read_text())
+    assert set(summary["spaces"]) == {"image", "question", "qa"} and summary["demo_cache"].startswith("model:llava:")
+    assert not (project / "models/.index.tmp").exists()
+
+    metrics = run_stage("icl-eval", eval_cfg, root=project)
+    for key in ("acc/zero-shot/0shot", "acc/RS/1shot", "copy/SQA/2shot", "acc/SQA-pseudo/2shot",
+                "acc/RS/2shot/wrong_answer", "TR", "TL", "acc/mixed/2shot"):
+        assert key in metrics, key
+    assert metrics["TR"] == metrics["acc/RS/2shot/wrong_answer"]
+    assert metrics["TL"] == pytest.approx(metrics["acc/RS/2shot"] - metrics["TR"])
+    report = project / "reports/icl_eval"
+    assert (report / "accuracy_vs_shots.png").stat().st_size > 0 and (report / "copy_rate.png").stat().st_size > 0
+    results = json.loads((report / "results.json").read_text())
+    assert len(results["runs"]) == 1 + 6 * 2 + 2 and results["queries"] == 8
+    assert "SQA (oracle)" in (report / "results.md").read_text()
+    assert json.loads(metrics_path(project, "icl-eval").read_text())["TR"] == metrics["TR"]
+
+    # one nested MLflow run per (strategy, shots, manipulation)
+    import mlflow
+
+    children = mlflow.search_runs(filter_string="tags.strategy = 'RS'", search_all_experiments=True)
+    assert sorted(children["tags.mlflow.runName"]) == ["RS 1-shot", "RS 2-shot", "RS 2-shot reverse",
+                                                       "RS 2-shot wrong_answer"]
+    assert children["tags.mlflow.parentRunId"].nunique() == 1
+
+
+def test_stale_index_fails_before_generation(workspace: Path, project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lmmops.stages import run_stage
+
+    index_cfg, eval_cfg = _stage_configs(workspace)
+    run_stage("index", index_cfg, root=project)
+
+    def no_generation(*a: object, **k: object) -> list[str]:
+        raise AssertionError("generation started")
+
+    monkeypatch.setattr(ICLRunner, "predict", no_generation)
+    # another data version: the data tree's manifest changes
+    manifest = workspace / "data" / "manifest.json"
+    original = manifest.read_text()
+    try:
+        manifest.write_text(original.replace("{", '{"edited": true, ', 1))
+        with pytest.raises(StaleIndexError, match="data version differs"):
+            run_stage("icl-eval", eval_cfg, root=project)
+    finally:
+        manifest.write_text(original)
+    # another model (the configured one differs from the one the index was built with)
+    from lmmops.models import load_model
+
+    model, processor = load_model(workspace / "model")
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    model.save_pretrained(project / "other_model")
+    processor.save_pretrained(project / "other_model")
+    with pytest.raises(StaleIndexError, match="embedder differs"):
+        run_stage("icl-eval", dataclasses.replace(eval_cfg, model=str(project / "other_model")), root=project)
+    with pytest.raises(ValueError, match="unknown strategy 'XS'"):
+        run_stage("icl-eval", dataclasses.replace(eval_cfg, strategies=("RS", "XS")), root=project)
