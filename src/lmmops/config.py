@@ -169,7 +169,7 @@ class IndexConfig:
     model: str = "models/base"  # a checkpoint dir, `models:/<name>@<alias>`, or a GGUF file
     out_dir: str = "models/index"  # one sub-directory per embedding space + demo_features/ (a DVC output)
     support_split: str = "train"
-    kind: Literal["flat", "ivf"] = "flat"  # exact inner product, or IVF (approximate) for large support sets
+    kind: Literal["flat", "ivf", "pq"] = "flat"  # exact inner product; ivf or pq (approximate) for large sets
     image_embedder: Literal["model", "pixels"] = "model"  # the base model's own vision features, or pixels
     spaces: tuple[str, ...] = ("image", "question", "qa")
     demo_cache: bool = True  # store the base model's image features of every support image

@@ -104,5 +104,20 @@ def test_ivf_recall_at_32_on_20k_random_unit_vectors() -> None:
     assert index.manifest.params["nprobe"] < index.manifest.params["nlist"]  # approximate, not exhaustive
 
 
+def test_pq_recall_at_32_on_random_unit_vectors_and_round_trip(tmp_path: Path) -> None:
+    vectors, queries = unit_vectors(20_000, 64, 0), unit_vectors(200, 64, 1)
+    index = VectorIndex.build(vectors, kind="pq", embedder_name="e", data_version="v")
+    params = index.manifest.params
+    assert params["calibration_recall_at_32"] >= 0.96 and 1 <= params["k_factor"] <= 256
+    _, truth = exact_search(vectors, queries, 32)
+    _, found = index.search(queries, 32)
+    assert recall_at_k(found, truth) >= 0.95, (recall_at_k(found, truth), params)
+    np.testing.assert_array_equal(index.reconstruct_all(), vectors)  # the re-ranking keeps exact vectors
+    loaded = VectorIndex.load(index.save(tmp_path / "pq"), embedder_name="e", data_version="v")
+    np.testing.assert_array_equal(loaded.search(queries, 32)[1], found)
+    with pytest.raises(ValueError, match="not a multiple"):
+        VectorIndex.build(unit_vectors(100, 9, 0), kind="pq")
+
+
 def test_recall_at_k_counts_set_overlap() -> None:
     assert recall_at_k(np.array([[1, 2, -1]]), np.array([[2, 3, 1]])) == pytest.approx(2 / 3)
