@@ -153,7 +153,7 @@ class BootstrapConfig:
     threads: int = 2
     # evaluation (held-out test splits)
     eval_shots: tuple[int, ...] = (0, 1, 2, 4, 8)
-    eval_repeats: int = 3  # demo draws per ICL test query
+    eval_repeats: int = 8  # demo draws per ICL test query
     eval_max_new_tokens: int = 96
 
 

@@ -305,7 +305,8 @@ def encode(corpora: Corpora, processor: LlavaProcessor, image_seq_length: int) -
 def interleaved_row(enc: Encoded, items: Sequence[VQAItem], group: str) -> Row:
     """BOS, then per item its image tokens and `Question: q Short answer: a`, separated by newlines.
 
-    The loss covers every answer: with the causal mask an 8-demo episode trains 0..8-shot prediction at once.
+    The loss covers every answer and the separator after it: with the causal mask an 8-demo episode trains
+    0..8-shot prediction at once.
     """
     row = Row([enc.bos], [False], [], group)
     for j, it in enumerate(items):
@@ -314,8 +315,10 @@ def interleaved_row(enc: Encoded, items: Sequence[VQAItem], group: str) -> Row:
         row.labels += [False] * (len(enc.image_tokens) + len(ids) - n_answer) + [True] * n_answer
         row.images.append(enc.image_index[it.image_path])
         if j < len(items) - 1:
+            # The separator after an answer is under the loss too: the model learns where a short answer
+            # ends, so that free generation stops there (ICL inference stops at the separator).
             row.ids.append(enc.sep)
-            row.labels.append(False)
+            row.labels.append(True)
     return row
 
 
@@ -409,11 +412,13 @@ class TrainResult:
 
 
 def checkpoint_key(cfg: BootstrapConfig, data_dir: Path) -> str:
-    """Hash of everything that decides the trained weights: the config (minus bookkeeping) and the data."""
+    """Hash of everything that decides the trained weights: the config (minus bookkeeping), the data and
+    the trainer's own source (a change to how rows are built or labelled must not resume an old run)."""
     params = {k: v for k, v in to_dict(cfg).items() if k not in _BOOKKEEPING and not k.startswith("eval_")}
     manifest = data_dir / "manifest.json"
     data = hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.is_file() else str(data_dir.resolve())
-    blob = json.dumps({"params": params, "data": data}, sort_keys=True)
+    code = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+    blob = json.dumps({"params": params, "data": data, "code": code}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
