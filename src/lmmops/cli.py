@@ -5,6 +5,7 @@
     lmmops report [--json]        the latest run of each stage with its key metrics
     lmmops ensure-data            make data/ exist: DVC cache, then the DVC remote, then `generate`
     lmmops ui [--port N]          the MLflow UI on 127.0.0.1 for this project's store
+    lmmops params-table           trainable parameters of LIVE, MimIC and LoRA for the reference models
 
 Exit codes: 0 success, 1 a stage failed (e.g. validation found bad rows), 2 bad usage or bad params.
 """
@@ -48,6 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("ensure-data", help="restore data/ from the DVC cache or remote, or generate it")
     ui = sub.add_parser("ui", help="serve the MLflow UI for this project on 127.0.0.1")
     ui.add_argument("--port", type=int, default=5000)
+    pt = sub.add_parser(
+        "params-table",
+        help="trainable parameters of LIVE, MimIC and LoRA for Idefics-9b, Idefics2-8b-base, Qwen2.5-VL-3B",
+    )
+    pt.add_argument("--lora-rank", type=int, default=16, help="LoRA rank r (default 16)")
+    pt.add_argument("--breakdown", action="store_true", help="also print LoRA parameters per module group")
+    pt.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser
 
 
@@ -94,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
             from lmmops.report import serve_ui
 
             return serve_ui(root, port=args.port)
+        if args.command == "params-table":
+            return _params_table(args.lora_rank, breakdown=args.breakdown, as_json=args.json)
     except ConfigError as exc:
         print(f"lmmops: error: {exc}", file=sys.stderr)
         return 2
@@ -105,6 +115,28 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     parser.error(f"unknown command {args.command}")
     return 2
+
+
+def _params_table(lora_rank: int, *, breakdown: bool, as_json: bool) -> int:
+    """Print the parameter table of lmmops.vectors.params (architectures from the repo's config files)."""
+    from lmmops.vectors.params import (
+        CONFIG_DIR,
+        REFERENCE_CONFIGS,
+        build_on_meta,
+        format_params_table,
+        lora_breakdown,
+        params_table,
+        rows_as_json,
+    )
+
+    rows = params_table(lora_rank=lora_rank)
+    print(rows_as_json(rows) if as_json else format_params_table(rows))
+    if breakdown and not as_json:
+        for name, file in REFERENCE_CONFIGS.items():
+            print(f"\n{name}: LoRA r={lora_rank} by module group")
+            for group, count in lora_breakdown(build_on_meta(CONFIG_DIR / file), rank=lora_rank).items():
+                print(f"  {group:<60} {count:>12,}")
+    return 0
 
 
 if __name__ == "__main__":

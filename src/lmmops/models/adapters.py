@@ -338,6 +338,18 @@ class ModelAdapter:
             padding_side=padding_side,
         )
 
+    # ----- the k-shot context of a query (exact shift analyses in lmmops.vectors.oracle) -----------
+    def query_context_inputs(self, kshot: PromptBatch, zero_shot: PromptBatch) -> dict[str, Any]:
+        """Inputs of `zero_shot` (the prefix and query of `kshot`'s one prompt, no demos) that give its tokens the
+        context they have in `kshot` through every path other than self-attention to the demo tokens.
+
+        In this family the demonstrations reach the query only through self-attention, so these are the
+        zero-shot inputs as they are. Position ids are the caller's business (they are not family-specific).
+        """
+        if len(kshot) != 1 or len(zero_shot) != 1:
+            raise ValueError("query_context_inputs takes single-prompt batches")
+        return zero_shot.model_inputs()
+
 
 def _answer_token_ids(tokenizer: Any, item: ICLItem) -> list[int]:
     """Token ids of the answer at the end of `item_text(item, with_answer=True)`, tokenized alone."""
@@ -365,6 +377,25 @@ class IdeficsAdapter(ModelAdapter):
     def _text(self, segments: list[Segment]) -> str:
         fake = "<fake_token_around_image>"
         return "".join(s if isinstance(s, str) else f"{fake}<image>{fake}" for s in segments)
+
+    def query_context_inputs(self, kshot: PromptBatch, zero_shot: PromptBatch) -> dict[str, Any]:
+        """Idefics v1: besides self-attention, the demonstrations reach the query through gated cross-attention.
+
+        IdeficsProcessor's `image_attention_mask` lets every token cross-attend to the most recent image before
+        it, so the query's leading `<fake_token_around_image>` (which precedes the query's own `<image>`) sees
+        the last demonstration's image in the k-shot prompt and no image at all in the zero-shot prompt. The
+        k-shot context is kept by giving the kept tokens their k-shot rows of that mask and the images those
+        rows reference (the last demo image and the query image).
+        """
+        if len(kshot) != 1 or len(zero_shot) != 1:
+            raise ValueError("query_context_inputs takes single-prompt batches")
+        keep = torch.cat([torch.arange(*kshot.prefix_span), torch.arange(*kshot.query_span)])
+        mask = kshot.inputs["image_attention_mask"][:, keep]
+        used = mask.bool().any(dim=1)[0]
+        inputs = zero_shot.model_inputs()
+        inputs["image_attention_mask"] = mask[:, :, used]
+        inputs["pixel_values"] = kshot.inputs["pixel_values"][:, used]
+        return inputs
 
 
 class Idefics2Adapter(ModelAdapter):

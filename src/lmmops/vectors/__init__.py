@@ -1,0 +1,71 @@
+"""lmmops.vectors: in-context vectors (LIVE, MimIC), the exact shift oracle, vector files, parameter counts.
+
+Public API:
+  LiveVectors, attach_live(model, vectors), live_loss(...)          LIVE (PAPERS.md §3), `live`
+  MimicVectors, attach_mimic(model, vectors), mimic_loss(...)       MimIC (PAPERS.md §4), `mimic`
+  aligned_hidden(hidden, mask), capture_outputs(modules), frozen(model)
+  attention_shifts(adapter, shifts), attention_with_lse(...)        the "lmmops_mimic" attention function
+  check_shift_exactness(model, processor, demos, query)             the shift identity (PAPERS.md §2), `oracle`
+  save_vectors / load_vectors / read_metadata                       vector files, `files`
+  params_table(), format_params_table(rows), lora_parameter_count   `lmmops params-table`, `params`
+  VectorMismatchError (ValueError)
+
+Everything reaches the model through `lmmops.models.adapter_for`; nothing here knows a model family.
+
+Run: `python -m pytest tests/vectors -q`; `lmmops params-table`.
+
+Departures from the papers and reference code: see each module's docstring (answer-only LM loss for LIVE,
+masked logZ2 for MimIC, eager-style scores instead of a fused kernel).
+"""
+
+from lmmops.vectors.attention import AttentionCall, attention_shifts, attention_with_lse
+from lmmops.vectors.base import LossParts, VectorMismatchError, VectorSet, capture_outputs, frozen, model_signature
+from lmmops.vectors.files import load_vectors, read_metadata, save_vectors
+from lmmops.vectors.live import LiveVectors, attach_live, live_loss, live_shift, live_site_modules
+from lmmops.vectors.mimic import MimicShift, MimicVectors, aligned_hidden, attach_mimic, mimic_loss
+from lmmops.vectors.oracle import ShiftExactness, check_shift_exactness
+from lmmops.vectors.params import (
+    REFERENCE_CONFIGS,
+    ParamsRow,
+    build_on_meta,
+    format_params_table,
+    lora_breakdown,
+    lora_parameter_count,
+    parameter_counts,
+    params_table,
+)
+
+__all__ = [
+    "REFERENCE_CONFIGS",
+    "AttentionCall",
+    "LiveVectors",
+    "LossParts",
+    "MimicShift",
+    "MimicVectors",
+    "ParamsRow",
+    "ShiftExactness",
+    "VectorMismatchError",
+    "VectorSet",
+    "aligned_hidden",
+    "attach_live",
+    "attach_mimic",
+    "attention_shifts",
+    "attention_with_lse",
+    "build_on_meta",
+    "capture_outputs",
+    "check_shift_exactness",
+    "format_params_table",
+    "frozen",
+    "live_loss",
+    "live_shift",
+    "live_site_modules",
+    "load_vectors",
+    "lora_breakdown",
+    "lora_parameter_count",
+    "mimic_loss",
+    "model_signature",
+    "parameter_counts",
+    "params_table",
+    "read_metadata",
+    "save_vectors",
+]

@@ -1,0 +1,77 @@
+"""Parameter counts: the reference numbers, the formulas against real modules, LoRA against peft, the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from peft import LoraConfig, get_peft_model
+from vectorutil import tiny
+
+from lmmops.cli import main
+from lmmops.models import FAMILIES, adapter_for, build_tiny
+from lmmops.vectors import (
+    LiveVectors,
+    MimicVectors,
+    build_on_meta,
+    lora_breakdown,
+    lora_parameter_count,
+    parameter_counts,
+    params_table,
+)
+from lmmops.vectors.params import CONFIG_DIR, REFERENCE_CONFIGS
+
+
+def test_reference_numbers():
+    rows = {r.name: r for r in params_table()}
+    assert set(rows) == set(REFERENCE_CONFIGS)
+    idefics, idefics2, qwen = rows["Idefics-9b"], rows["Idefics2-8b-base"], rows["Qwen2.5-VL-3B"]
+    shape = (idefics.layers, idefics.hidden, idefics.heads, idefics.kv_heads, idefics.head_dim)
+    assert shape == (32, 4096, 32, 32, 128)
+    assert (idefics2.layers, idefics2.hidden, idefics2.heads, idefics2.kv_heads) == (32, 4096, 32, 8)
+    assert (qwen.layers, qwen.hidden, qwen.heads, qwen.kv_heads, qwen.head_dim) == (36, 2048, 16, 2, 128)
+    assert idefics.live == idefics2.live == 131_104
+    assert idefics.mimic == idefics2.mimic == 263_168
+    assert idefics.lora == 24_993_792
+    assert qwen.live == 36 * 2048 + 36 and qwen.mimic == 36 * (2 * 16 * 128 + 16)
+    assert qwen.lora == 36 * 16 * ((2048 + 2048) * 2 + (2048 + 256) * 2)  # Qwen's vision uses fused qkv/proj
+
+
+def test_idefics_9b_lora_breakdown():
+    groups = lora_breakdown(build_on_meta(CONFIG_DIR / REFERENCE_CONFIGS["Idefics-9b"]))
+
+    def total(prefix: str) -> int:
+        return sum(v for k, v in groups.items() if k.startswith(prefix))
+
+    assert total("model.layers.") == 32 * 4 * 16 * (4096 + 4096) == 16_777_216
+    assert total("model.gated_cross_attn_layers.") == 8 * 16 * (2 * (4096 + 4096) + 2 * (1280 + 4096))
+    assert total("model.vision_model.") == 32 * 3 * 16 * (1280 + 1280)
+    assert total("model.perceiver_resampler.") == 6 * 3 * 16 * (1280 + 1536)
+    assert sum(groups.values()) == 24_993_792
+
+
+@pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")  # from peft
+@pytest.mark.parametrize("family", FAMILIES)
+def test_formulas_equal_real_module_counts(family):
+    model, _ = tiny(family)
+    adapter = adapter_for(model)
+    row = parameter_counts(family, model)
+    assert row.live == LiveVectors.for_adapter(adapter).num_parameters()
+    assert row.mimic == MimicVectors.for_adapter(adapter).num_parameters()
+    fresh, _ = build_tiny(family, seed=7)  # peft wraps the model: use one of its own
+    peft_model = get_peft_model(fresh, LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "k_proj", "v_proj",
+                                                                                       "o_proj"]))
+    trainable, _ = peft_model.get_nb_trainable_parameters()
+    assert row.lora == trainable == lora_parameter_count(model)
+
+
+def test_cli_prints_the_table(capsys):
+    assert main(["params-table"]) == 0
+    out = capsys.readouterr().out
+    idefics = next(line for line in out.splitlines() if line.startswith("Idefics-9b "))
+    assert "131,104" in idefics and "263,168" in idefics and "24,993,792" in idefics
+    idefics2 = next(line for line in out.splitlines() if line.startswith("Idefics2-8b-base "))
+    assert "131,104" in idefics2 and "263,168" in idefics2
+    assert main(["params-table", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in rows] == list(REFERENCE_CONFIGS)
