@@ -116,7 +116,9 @@ def check_plan(specs: Sequence[RunSpec], retriever: Retriever, queries: Sequence
 def score(queries: Sequence[VQAItem], predictions: Sequence[str],
           demos: Sequence[Sequence[VQAItem]]) -> dict[str, float]:
     """accuracy, copy_rate, accuracy on ICL-task / ordinary items, accuracy per question type."""
-    accs = [vqa_accuracy(p, list(q.answer_strings) or [q.multiple_choice_answer])
+    # An item without annotator answers counts its multiple-choice answer as all ten (a single answer
+    # would always score 0 under the leave-one-out average).
+    accs = [vqa_accuracy(p, list(q.answer_strings) or [q.multiple_choice_answer] * 10)
             for p, q in zip(predictions, queries, strict=True)]
     out = {
         "accuracy": sum(accs) / len(accs),

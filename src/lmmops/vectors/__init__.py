@@ -9,6 +9,8 @@ Public API:
   save_vectors / load_vectors / read_metadata                       vector files, `files`
   params_table(), format_params_table(rows), lora_parameter_count   `lmmops params-table`, `params`
   VectorMismatchError (ValueError)
+  DistillConfig, distill(cfg, model, processor, train_items) -> DistillResult      the LIVE / MimIC loop, `train`
+  evaluate_vectors(model, processor, vectors, items), NonFiniteLossError            (demo sampling: `data`)
 
 Everything reaches the model through `lmmops.models.adapter_for`; nothing here knows a model family.
 
@@ -34,14 +36,24 @@ from lmmops.vectors.params import (
     parameter_counts,
     params_table,
 )
+from lmmops.vectors.train import (
+    DistillConfig,
+    DistillResult,
+    NonFiniteLossError,
+    distill,
+    evaluate_vectors,
+)
 
 __all__ = [
     "REFERENCE_CONFIGS",
     "AttentionCall",
+    "DistillConfig",
+    "DistillResult",
     "LiveVectors",
     "LossParts",
     "MimicShift",
     "MimicVectors",
+    "NonFiniteLossError",
     "ParamsRow",
     "ShiftExactness",
     "VectorMismatchError",
@@ -54,6 +66,8 @@ __all__ = [
     "build_on_meta",
     "capture_outputs",
     "check_shift_exactness",
+    "distill",
+    "evaluate_vectors",
     "format_params_table",
     "frozen",
     "live_loss",
