@@ -437,17 +437,26 @@ def lr_at(step: int, cfg: BootstrapConfig) -> float:
 
 
 def group_losses(
-    logits: torch.Tensor, batch: dict[str, torch.Tensor], groups: Sequence[str]
+    logits: torch.Tensor, batch: dict[str, torch.Tensor], groups: Sequence[str], sep_id: int | None = None
 ) -> dict[str, torch.Tensor]:
-    """Mean next-token cross-entropy on the loss positions of each row group."""
+    """Mean next-token cross-entropy on the loss positions of each row group.
+
+    With `sep_id`, the labelled separators after answers form their own entry "separator" instead of
+    counting in their row's group: they are trivial to predict, and averaged in with one- or two-token
+    answers they would halve the weight of the ICL answers.
+    """
     targets = batch["input_ids"][:, 1:]
     mask = batch["loss_mask"][:, 1:]
     ce = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(), reduction="none").view_as(targets)
+    sep = mask & (targets == sep_id) if sep_id is not None else torch.zeros_like(mask)
+    content = mask & ~sep
     out = {}
     for g in sorted(set(groups)):
         rows = torch.tensor([x == g for x in groups])
-        m = mask & rows[:, None]
+        m = content & rows[:, None]
         out[g] = (ce * m).sum() / m.sum().clamp(min=1)
+    if sep.any():
+        out["separator"] = (ce * sep).sum() / sep.sum()
     return out
 
 
@@ -519,8 +528,9 @@ def train(
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                        pixel_values=batch.get("pixel_values")).logits
         # Each group weighs the same, however many tokens it has (reasoning traces are long, ICL answers short).
-        losses = group_losses(logits, batch, [r.group for r in rows])
-        loss = torch.stack(list(losses.values())).mean()
+        losses = group_losses(logits, batch, [r.group for r in rows], sep_id=enc.sep)
+        content = [v for g, v in losses.items() if g != "separator"]
+        loss = torch.stack(content).mean() + losses.get("separator", torch.zeros(()))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
