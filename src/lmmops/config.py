@@ -187,6 +187,9 @@ class ICLEvalConfig:
     out_dir: str = "reports/icl_eval"
     query_split: str = "test"
     max_queries: int = 0  # 0 = every query of the split
+    # "task": each query's demonstrations come from the support items of its own task (ICL task family, or
+    # the ordinary VQA questions), as when each task is its own dataset; "none": the whole support set.
+    pool_by: Literal["task", "none"] = "task"
     strategies: tuple[str, ...] = ("zero-shot", "RS", "SI", "SQ", "SQA", "SQA-pseudo", "SI->Q", "SQ->I", "mixed")
     shots: tuple[int, ...] = (1, 2, 4, 8)
     manipulations: tuple[str, ...] = ("wrong_answer", "mismatch_answer", "mismatch_image", "mismatch_question",

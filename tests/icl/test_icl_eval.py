@@ -261,3 +261,26 @@ def test_stale_index_fails_before_generation(workspace: Path, project: Path, mon
         run_stage("icl-eval", dataclasses.replace(eval_cfg, model=str(project / "other_model")), root=project)
     with pytest.raises(ValueError, match="unknown strategy 'XS'"):
         run_stage("icl-eval", dataclasses.replace(eval_cfg, strategies=("RS", "XS")), root=project)
+
+
+def test_pooled_retrieval_keeps_demos_in_the_query_task(loaded: tuple) -> None:
+    from lmmops.icl.embedders import PixelImageEmbedder
+    from lmmops.icl.retrieval import PooledRetriever, task_pool
+
+    _, _, support, test = loaded
+    pooled = PooledRetriever(Retriever(support, image_embedder=PixelImageEmbedder()))
+    assert sum(pooled.pools.values()) == len(support) and "vqa" in pooled.pools
+    queries = [q for q in test if task_pool(q) in pooled.pools]
+    for strategy in ("RS", "SI"):
+        rows = pooled.retrieve(strategy, queries, 2, seed=0)
+        for q, picks in zip(queries, rows, strict=True):
+            assert len(picks) == 2 and all(task_pool(support[i]) == task_pool(q) for i in picks), strategy
+            assert all(support[i].question_id != q.question_id for i in picks)
+    # SI inside a pool is SI over that pool's slice of the full support vectors
+    q = queries[0]
+    own = [i for i, it in enumerate(support) if task_pool(it) == task_pool(q)]
+    sub = Retriever([support[i] for i in own], image_embedder=PixelImageEmbedder())
+    assert pooled.retrieve("SI", [q], 2)[0] == [own[j] for j in sub.retrieve("SI", [q], 2)[0]]
+    smallest = min(pooled.pools, key=pooled.pools.get)
+    with pytest.raises(ValueError, match=f"support pool '{smallest}'"):
+        pooled.check("RS", pooled.pools[smallest] + 1)

@@ -35,7 +35,9 @@ from lmmops.data.schemas import VQAItem
 from lmmops.eval.analysis import accuracy_by, copy_rate, shot_gains, task_recognition_learning
 from lmmops.eval.metrics import vqa_accuracy
 from lmmops.icl.manipulations import MANIPULATIONS, apply_manipulation, instruction_prefix
-from lmmops.icl.retrieval import STRATEGIES, Retriever
+from lmmops.icl.retrieval import STRATEGIES, PooledRetriever, Retriever
+
+AnyRetriever = Retriever | PooledRetriever
 
 # Manipulations a plan may name: the demo changes of lmmops.icl.manipulations, plus "instruction"
 # (an instruction line before the demonstrations) and "none".
@@ -98,7 +100,7 @@ def plan_runs(strategies: Sequence[str], shots: Sequence[int], *, manipulations:
     return sorted(specs, key=lambda sp: sp.strategy == "SQA-pseudo")  # stable: pseudo last
 
 
-def check_plan(specs: Sequence[RunSpec], retriever: Retriever, queries: Sequence[VQAItem]) -> None:
+def check_plan(specs: Sequence[RunSpec], retriever: AnyRetriever, queries: Sequence[VQAItem]) -> None:
     """Raise ValueError for an unknown strategy or manipulation, a bad shot count, a missing embedder...
     before anything is generated (the Retriever's own checks, run on an empty query list)."""
     if not queries:
@@ -141,7 +143,7 @@ def _pseudo_source(spec: RunSpec, done: Mapping[RunSpec, RunResult]) -> RunResul
     raise ValueError("SQA-pseudo needs an earlier RS run at the same shots or a zero-shot run in the plan")
 
 
-def run_spec(spec: RunSpec, queries: Sequence[VQAItem], retriever: Retriever, runner: Any, *, seed: int,
+def run_spec(spec: RunSpec, queries: Sequence[VQAItem], retriever: AnyRetriever, runner: Any, *, seed: int,
              done: Mapping[RunSpec, RunResult] | None = None) -> RunResult:
     predictions_in = None
     if spec.strategy == "SQA-pseudo":
@@ -165,7 +167,7 @@ def run_spec(spec: RunSpec, queries: Sequence[VQAItem], retriever: Retriever, ru
     return RunResult(spec, predictions, demos, metrics, records)
 
 
-def run_plan(specs: Sequence[RunSpec], queries: Sequence[VQAItem], retriever: Retriever, runner: Any, *,
+def run_plan(specs: Sequence[RunSpec], queries: Sequence[VQAItem], retriever: AnyRetriever, runner: Any, *,
              seed: int, on_result: Any = None) -> dict[RunSpec, RunResult]:
     """Run every spec in order (check_plan first); `on_result(result)` is called after each run."""
     check_plan(specs, retriever, queries)

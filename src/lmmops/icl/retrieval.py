@@ -38,6 +38,11 @@ with the query's question_id are dropped for every strategy, and, for strategies
 (SI, SI->Q, SQ->I, I->SQ, Q->SI, mixed), when the query comes from the support set, so are support items
 with the query's image_id (VQAv2 asks ~5 questions per image; the same picture would trivially rank first).
 
+Pools (`PooledRetriever`): a support set that mixes several tasks (the synthetic VQA: nine ICL task
+families and ordinary questions) is searched per pool, so each query's demonstrations come from its own
+task, as when each task is its own dataset (VQAv2, OK-VQA) in the papers. Pool vectors are slices of the
+whole support set's (e.g. loaded from the saved indexes); row numbers returned are the whole support's.
+
 Validation happens before any embedding or search: an unknown strategy, k < 0, k larger than the
 support set, a missing embedder, a cross-modal strategy without a joint space, or SQA-pseudo without a
 prediction for every query raise ValueError naming the problem.
@@ -199,6 +204,10 @@ class Retriever:
             raise ValueError(f"{space}: {len(vectors)} vectors for {len(self.support)} support items")
         self._vectors[space] = np.ascontiguousarray(vectors, dtype=np.float32)
 
+    def available_spaces(self) -> list[str]:
+        """Spaces whose support vectors exist already (passed in, computed or from a loaded index)."""
+        return sorted(set(self._vectors) | set(self._indexes))
+
     def index_name(self, space: str) -> str:
         """The embedder name an index of `space` records: "<embedder name>:<space>" ("" without embedder)."""
         embedder: Any = self.image_embedder if space in ("image", "joint_qa") else self.text_embedder
@@ -331,6 +340,69 @@ class Retriever:
         rng = np.random.default_rng([seed % 2**63, query.question_id % 2**63])
         draw = rng.choice(n, size=min(n, k + len(excluded)), replace=False)
         return [int(r) for r in draw if int(r) not in excluded][:k]
+
+
+def task_pool(item: VQAItem) -> str:
+    """The pool of an item: its ICL task family (`icl/<attribute>/<lexicon>`), else "vqa"."""
+    return item.question_type if item.is_icl else "vqa"
+
+
+class PooledRetriever:
+    """A Retriever per pool of the support set: each query's demonstrations come only from the support
+    items of its own pool (`key(item)`, default `task_pool`). Same interface as Retriever (`support`,
+    `check`, `retrieve`); returned rows index the whole support set."""
+
+    def __init__(self, retriever: Retriever, key: Callable[[VQAItem], str] = task_pool, *,
+                 flat_below: int = 50_000):
+        self.base, self.key, self.flat_below = retriever, key, flat_below
+        self.support = retriever.support
+        self._rows: dict[str, np.ndarray] = {}
+        for row, item in enumerate(self.support):
+            self._rows.setdefault(key(item), []).append(row)  # type: ignore[arg-type]
+        self._rows = {k: np.asarray(v, dtype=np.int64) for k, v in self._rows.items()}
+        self._pools: dict[str, Retriever] = {}
+
+    @property
+    def pools(self) -> dict[str, int]:
+        """Pool name -> number of support items."""
+        return {k: len(v) for k, v in sorted(self._rows.items())}
+
+    def _pool(self, name: str) -> Retriever:
+        if name not in self._pools:
+            rows = self._rows[name]
+            base = self.base
+            sub = Retriever([self.support[i] for i in rows], text_embedder=base.text_embedder,
+                            image_embedder=base.image_embedder, rerank_depth=base.rerank_depth,
+                            index_kind="flat" if len(rows) < self.flat_below else base.index_kind,
+                            data_version=base.data_version)
+            for space in base.available_spaces():
+                sub.use_vectors(space, base.support_vectors(space)[rows])
+            self._pools[name] = sub
+        return self._pools[name]
+
+    def check(self, strategy: str, k: int) -> None:
+        """Retriever.check on every pool (the smallest pool bounds k), naming the pool on failure."""
+        self.base.check(strategy, 0)
+        for name, rows in self.pools.items():
+            if strategy != "zero-shot" and k > rows:
+                raise ValueError(f"{strategy}: k={k} is larger than the support pool {name!r} ({rows} items)")
+
+    def retrieve(self, strategy: str, queries: Sequence[VQAItem], k: int, *, seed: int = 0,
+                 predictions: Mapping[int, str] | None = None, exclude_self: bool = True) -> list[list[int]]:
+        by_pool: dict[str, list[int]] = defaultdict(list)
+        for qi, q in enumerate(queries):
+            by_pool[self.key(q)].append(qi)
+        missing = sorted(set(by_pool) - set(self._rows))
+        if missing:
+            raise ValueError(f"queries of pool(s) {missing} have no support items (pools: {', '.join(self._rows)})")
+        out: list[list[int]] = [[] for _ in queries]
+        for name, members in by_pool.items():
+            rows = self._rows[name]
+            local = self._pool(name).retrieve(strategy, [queries[i] for i in members], k, seed=seed,
+                                              predictions=predictions, exclude_self=exclude_self)
+            for qi, picks in zip(members, local, strict=True):
+                out[qi] = [int(rows[j]) for j in picks]
+        return out
 
 
 def _interleave(first: Sequence[int], second: Sequence[int], k: int) -> list[int]:

@@ -6,7 +6,8 @@
                        models/index/demo_features/; manifests name the data version and the embedder
     lmmops icl-eval    k-shot ICL on the query split for every (strategy, shots) in params.yaml, the
                        manipulations at (analysis_strategy, analysis_shots), TR/TL, copy rates; one nested
-                       MLflow run per run, plots of accuracy vs shots and copy rate, reports/icl_eval/
+                       MLflow run per run, plots of accuracy vs shots and copy rate, reports/icl_eval/;
+                       with `pool_by: task` each query's demonstrations come from its own task's support items
 
 Staleness: every index and the feature cache carry the data version (the md5 in data.dvc) and the
 embedder name (which includes a fingerprint of the model weights). `icl-eval` loads them with the current
@@ -132,7 +133,7 @@ def icl_eval(cfg: ICLEvalConfig, ctx: StageContext) -> dict[str, float]:
     from lmmops.icl.experiment import check_plan, curves, findings, flat_metrics, plan_runs, results_table, run_spec
     from lmmops.icl.index import VectorIndex
     from lmmops.icl.inference import ICLRunner
-    from lmmops.icl.retrieval import STRATEGIES, Retriever
+    from lmmops.icl.retrieval import STRATEGIES, PooledRetriever, Retriever
     from lmmops.models import load_model
 
     torch.set_num_threads(cfg.threads)
@@ -157,6 +158,9 @@ def icl_eval(cfg: ICLEvalConfig, ctx: StageContext) -> dict[str, float]:
     indexes = {space: VectorIndex.load(index_dir / space, embedder_name=retriever.index_name(space),
                                        data_version=version) for space in summary["spaces"]}
     retriever = Retriever(support, text_embedder=text, image_embedder=image, indexes=indexes, data_version=version)
+    if cfg.pool_by == "task":
+        retriever = PooledRetriever(retriever)
+        log.info("icl-eval: support pools %s", retriever.pools)
     check_plan(specs, retriever, queries)
     cache = None
     if cfg.use_demo_cache:
@@ -200,7 +204,8 @@ def icl_eval(cfg: ICLEvalConfig, ctx: StageContext) -> dict[str, float]:
     ctx.run.log_text(report, "icl_eval/results.md")
     (out_dir / "results.md").write_text(report)
     write_json_atomic(out_dir / "results.json", {
-        "data_version": version, "queries": len(queries), "support": len(support),
+        "data_version": version, "queries": len(queries), "support": len(support), "pool_by": cfg.pool_by,
+        "pools": getattr(retriever, "pools", {"all": len(support)}),
         "runs": [{"strategy": s.strategy, "shots": s.shots, "manipulation": s.manipulation, "oracle": s.oracle,
                   "metrics": r.metrics} for s, r in results.items()],
         "findings": found,
