@@ -193,7 +193,8 @@ def curves(results: Mapping[RunSpec, RunResult], metric: str) -> dict[str, dict[
 
 
 def tr_tl(results: Mapping[RunSpec, RunResult]) -> dict[str, float]:
-    """TR/TL per manipulated-answer run present: {"TR": .., "TL": .., "TR_mismatch_answer": .., ...}."""
+    """TR/TL per manipulated-answer run present, on all queries and per query group:
+    {"TR": .., "TL": .., "TR_mismatch_answer": .., "TR/ordinary": .., "TL/icl_tasks": .., ...}."""
     out: dict[str, float] = {}
     for spec, r in results.items():
         if spec.manipulation not in ("wrong_answer", "mismatch_answer"):
@@ -201,9 +202,12 @@ def tr_tl(results: Mapping[RunSpec, RunResult]) -> dict[str, float]:
         base = results.get(RunSpec(spec.strategy, spec.shots))
         if base is None:
             continue
-        split = task_recognition_learning(base.metrics["accuracy"], r.metrics["accuracy"])
         suffix = "" if spec.manipulation == "wrong_answer" else f"_{spec.manipulation}"
-        out[f"TR{suffix}"], out[f"TL{suffix}"] = split["TR"], split["TL"]
+        groups = (("", "accuracy"), ("/icl_tasks", "accuracy_icl_tasks"), ("/ordinary", "accuracy_ordinary"))
+        for group, metric in groups:
+            if metric in base.metrics and metric in r.metrics:
+                split = task_recognition_learning(base.metrics[metric], r.metrics[metric])
+                out[f"TR{suffix}{group}"], out[f"TL{suffix}{group}"] = split["TR"], split["TL"]
     return out
 
 
@@ -220,30 +224,36 @@ def flat_metrics(results: Mapping[RunSpec, RunResult]) -> dict[str, float]:
 def findings(results: Mapping[RunSpec, RunResult]) -> dict[str, Any]:
     """The talk's three qualitative findings, checked on these results (None: not measurable here)."""
     acc, copy = curves(results, "accuracy"), curves(results, "copy_rate")
-    # 1. gains shrink: the mean gain of the first doubling exceeds that of the last (over strategies
-    #    with at least three shot counts, oracles excluded)
+    zero = results.get(RunSpec("zero-shot", 0))
+    # 1. gains shrink: the mean gain of the first step (from zero-shot when it was run) exceeds that of
+    #    the last doubling (over strategies with at least three points, oracles excluded)
     firsts, lasts = [], []
     for s, c in acc.items():
-        gains = shot_gains(c)
+        gains = shot_gains({**({0: zero.metrics["accuracy"]} if zero else {}), **c})
         if len(gains) >= 2 and not STRATEGIES[s].oracle:
             ks = sorted(gains)
             firsts.append(gains[ks[0]])
             lasts.append(gains[ks[-1]])
     shrink = (sum(firsts) / len(firsts) > sum(lasts) / len(lasts)) if firsts else None
-    # 2. copy rates: SQ and SQA above RS at every shared shot count
-    copy_checks = {}
+    # 2. copy rates: SQ and SQA above RS at every shared shot count (and at which counts)
+    copy_checks, copy_shots = {}, {}
     for s in ("SQ", "SQA"):
         if s in copy and "RS" in copy:
             shared = sorted(set(copy[s]) & set(copy["RS"]))
             copy_checks[s] = all(copy[s][k] > copy["RS"][k] for k in shared) if shared else None
+            copy_shots[s] = [k for k in shared if copy[s][k] > copy["RS"][k]]
     split = tr_tl(results)
     return {
         "gains_shrink": shrink,
-        "first_doubling_gain": sum(firsts) / len(firsts) if firsts else None,
-        "last_doubling_gain": sum(lasts) / len(lasts) if lasts else None,
+        "first_step_gain": sum(firsts) / len(firsts) if firsts else None,
+        "last_step_gain": sum(lasts) / len(lasts) if lasts else None,
         "copy_SQ_above_RS": copy_checks.get("SQ"),
         "copy_SQA_above_RS": copy_checks.get("SQA"),
+        "copy_SQ_above_RS_at_shots": copy_shots.get("SQ"),
+        "copy_SQA_above_RS_at_shots": copy_shots.get("SQA"),
         "TR_above_TL": (split["TR"] > split["TL"]) if "TR" in split else None,
+        "TR_above_TL_ordinary": (split["TR/ordinary"] > split["TL/ordinary"]) if "TR/ordinary" in split else None,
+        "TR_above_TL_icl_tasks": (split["TR/icl_tasks"] > split["TL/icl_tasks"]) if "TR/icl_tasks" in split else None,
     }
 
 
