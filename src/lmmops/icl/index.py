@@ -308,50 +308,22 @@ class VectorIndex:
         return cls(index, ids, manifest)
 
 
-def _calibrate_nprobe(index: faiss.IndexIVFFlat, vectors: np.ndarray, target: float, n_queries: int,
-                      rng: np.random.Generator, k: int = 32) -> tuple[int, float]:
-    """Smallest nprobe with recall@k >= target on held-in sample queries (self excluded on both sides)."""
+def _calibrate(index: faiss.Index, vectors: np.ndarray, target: float, n_queries: int, rng: np.random.Generator,
+               params: Any, limit: int, k: int = 32) -> tuple[int, float]:
+    """Smallest value v in 1..limit of a search knob (`params(v)` -> faiss search parameters) whose
+    recall@k on held-in sample queries (each a support vector, itself excluded on both sides) reaches
+    `target`: doubling, then bisection. Returns (v, its recall); `limit` when none reaches it."""
     n = len(vectors)
     k = min(k, n - 1)
     if k < 1:
-        return index.nlist, 1.0
+        return limit, 1.0
     rows = rng.choice(n, min(n_queries, n), replace=False)
     queries = vectors[rows]
     _, truth = exact_search(vectors, queries, k + 1)
     truth = np.array([[t for t in row if t != r][:k] for row, r in zip(truth, rows, strict=True)])
 
-    def recall(nprobe: int) -> float:
-        _, found = index.search(queries, k + 1, params=faiss.SearchParametersIVF(nprobe=nprobe))
-        found = np.array([[f for f in row if f != r][:k] for row, r in zip(found, rows, strict=True)])
-        return recall_at_k(found, truth)
-
-    lo, hi = 0, 1  # invariant: recall(hi) >= target or hi == nlist; lo fails (0 = never tried)
-    while hi < index.nlist and recall(hi) < target:
-        lo, hi = hi, min(2 * hi, index.nlist)
-    while hi - lo > 1 and lo > 0:
-        mid = (lo + hi) // 2
-        if recall(mid) >= target:
-            hi = mid
-        else:
-            lo = mid
-    return hi, recall(hi)
-
-
-def _calibrate_k_factor(index: faiss.IndexRefineFlat, vectors: np.ndarray, target: float, n_queries: int,
-                        rng: np.random.Generator, k: int = 32, limit: int = 256) -> tuple[int, float]:
-    """Smallest re-ranking factor with recall@k >= target on held-in sample queries (self excluded)."""
-    n = len(vectors)
-    k = min(k, n - 1)
-    if k < 1:
-        return 1, 1.0
-    rows = rng.choice(n, min(n_queries, n), replace=False)
-    queries = vectors[rows]
-    _, truth = exact_search(vectors, queries, k + 1)
-    truth = np.array([[t for t in row if t != r][:k] for row, r in zip(truth, rows, strict=True)])
-
-    def recall(k_factor: int) -> float:
-        params = faiss.IndexRefineSearchParameters(k_factor=float(k_factor))
-        _, found = index.search(queries, k + 1, params=params)
+    def recall(value: int) -> float:
+        _, found = index.search(queries, k + 1, params=params(value))
         found = np.array([[f for f in row if f != r][:k] for row, r in zip(found, rows, strict=True)])
         return recall_at_k(found, truth)
 
@@ -365,3 +337,17 @@ def _calibrate_k_factor(index: faiss.IndexRefineFlat, vectors: np.ndarray, targe
         else:
             lo = mid
     return hi, recall(hi)
+
+
+def _calibrate_nprobe(index: faiss.IndexIVFFlat, vectors: np.ndarray, target: float, n_queries: int,
+                      rng: np.random.Generator) -> tuple[int, float]:
+    """Smallest nprobe with recall@32 >= target (see `_calibrate`)."""
+    return _calibrate(index, vectors, target, n_queries, rng,
+                      lambda v: faiss.SearchParametersIVF(nprobe=v), limit=index.nlist)
+
+
+def _calibrate_k_factor(index: faiss.IndexRefineFlat, vectors: np.ndarray, target: float, n_queries: int,
+                        rng: np.random.Generator, limit: int = 256) -> tuple[int, float]:
+    """Smallest re-ranking factor with recall@32 >= target (see `_calibrate`)."""
+    return _calibrate(index, vectors, target, n_queries, rng,
+                      lambda v: faiss.IndexRefineSearchParameters(k_factor=float(v)), limit=limit)
