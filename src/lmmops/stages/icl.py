@@ -176,7 +176,7 @@ def icl_eval(cfg: ICLEvalConfig, ctx: StageContext) -> dict[str, float]:
         result = run_spec(spec, queries, retriever, runner, seed=cfg.seed, done=results)
         results[spec] = result
         tags = {"strategy": spec.strategy, "shots": spec.shots, "manipulation": spec.manipulation,
-                "oracle": spec.oracle, "lmmops.stage": "icl-eval"}
+                "oracle": spec.oracle, "lmmops.parent_stage": "icl-eval"}
         with ctx.run.child(spec.name, tags=tags) as child:
             child.log_params({"strategy": spec.strategy, "shots": spec.shots, "manipulation": spec.manipulation})
             child.log_metrics(result.metrics)

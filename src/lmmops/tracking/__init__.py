@@ -247,8 +247,9 @@ def latest_stage_runs(root: Path, stages: list[str]) -> list[dict[str, Any]]:
             [exp_id],
             filter_string=f"tags.`{STAGE_TAG}` = '{stage}'",
             order_by=["attributes.start_time DESC"],
-            max_results=1,
+            max_results=50,
         )
+        runs = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]  # nested runs are not stage runs
         if not runs:
             continue
         r = runs[0]
