@@ -284,3 +284,16 @@ def test_pooled_retrieval_keeps_demos_in_the_query_task(loaded: tuple) -> None:
     smallest = min(pooled.pools, key=pooled.pools.get)
     with pytest.raises(ValueError, match=f"support pool '{smallest}'"):
         pooled.check("RS", pooled.pools[smallest] + 1)
+
+
+def test_model_fingerprint_ignores_where_the_model_was_loaded_from(workspace: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from lmmops.models import load_model
+
+    shutil.copytree(workspace / "model", tmp_path / "elsewhere")
+    (a, pa), (b, pb) = load_model(workspace / "model"), load_model(tmp_path / "elsewhere")
+    assert ModelImageEmbedder(a, pa).name == ModelImageEmbedder(b, pb).name  # another clone: same index name
+    with torch.no_grad():
+        next(b.parameters()).mul_(2.0)
+    assert ModelImageEmbedder(a, pa).name != ModelImageEmbedder(b, pb).name

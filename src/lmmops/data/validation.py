@@ -608,7 +608,7 @@ def validate_all(cfg: ValidateConfig, root: Path) -> ValidationReport:
     unknown = [f for f in cfg.families if f not in layout.FAMILIES]
     if unknown:
         raise ValueError(f"unknown families {unknown}; families: {', '.join(layout.FAMILIES)}")
-    report = ValidationReport(success=True, data_dir=str(data_dir))
+    report = ValidationReport(success=True, data_dir=str(cfg.data_dir))  # as configured: no machine paths
     if not data_dir.is_dir():
         report.failures.append(Failure("*", str(data_dir), None, None, None, "data directory exists"))
         report.success = False

@@ -25,6 +25,7 @@ available. Only embedders whose `shared_space` is True can serve the cross-modal
 from __future__ import annotations
 
 import hashlib
+import json
 import sys
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -148,13 +149,25 @@ class PixelImageEmbedder(ImageEmbedder):
         return l2_normalize(out)
 
 
+def _config_identity(value: Any) -> Any:
+    """A config dict without what does not change the model: where it was loaded from, private
+    runtime settings (`_name_or_path`, `_attn_implementation`, ...) and the transformers version."""
+    if isinstance(value, dict):
+        return {k: _config_identity(v) for k, v in value.items()
+                if not str(k).startswith("_") and k != "transformers_version"}
+    if isinstance(value, list | tuple):
+        return [_config_identity(v) for v in value]
+    return value
+
+
 def _model_fingerprint(model: torch.nn.Module, *parts: str) -> str:
-    """A short hash of the checkpoint: config, name/path, and a sample of the first and last parameters
-    (so two random initialisations of one config differ) without hashing billions of weights."""
+    """A short hash of the checkpoint: its config and a sample of the first and last parameters (so two
+    random initialisations of one config differ) without hashing billions of weights. The same weights
+    loaded from another directory (another clone) give the same fingerprint."""
     h = hashlib.sha256()
     config = getattr(model, "config", None)
-    h.update((config.to_json_string(use_diff=False) if config is not None else type(model).__name__).encode())
-    h.update(str(getattr(config, "_name_or_path", "")).encode())
+    identity = _config_identity(config.to_dict()) if config is not None else type(model).__name__
+    h.update(json.dumps(identity, sort_keys=True, default=str).encode())
     for p in parts:
         h.update(p.encode())
     params = list(model.parameters())

@@ -62,7 +62,7 @@ def generate(cfg: GenerateConfig, ctx: StageContext) -> dict[str, float]:
     if md5:
         ctx.run.set_tags({"lmmops.dvc_data_md5": md5})
         log.info("%s/ versioned by %s.dvc: md5 %s", data_dir.name, data_dir.name, md5)
-    summary = {**summary, "dvc_md5": md5}
+    summary = {**summary, "out_dir": cfg.out_dir, "dvc_md5": md5}  # as configured: no machine paths
     summary.pop("file_list", None)  # the manifest inside data/ has every file with its sha256
     write_json_atomic(ctx.path("reports/generate/summary.json"), summary)
     ctx.run.log_dict(summary, "generate/summary.json")
