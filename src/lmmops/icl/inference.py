@@ -77,18 +77,23 @@ class ICLRunner:
     def _item(self, it: VQAItem, with_answer: bool) -> ICLItem:
         return ICLItem(self._image(it.image_path), it.question, it.multiple_choice_answer if with_answer else None)
 
-    def _inputs_embeds(self, batch_items: list[list[VQAItem]], input_ids: torch.Tensor) -> torch.Tensor:
-        """Token embeddings with every image's features: cached ones read, the rest encoded in one call."""
+    def _inputs_embeds(self, batch_items: list[list[VQAItem]], inputs: dict[str, Any]) -> torch.Tensor:
+        """Token embeddings with every image's features: cached ones read, the rest encoded in one call
+        (from the pixel values the prompt batch already holds, where the family allows)."""
         assert self.cache is not None
         order = [it.image_path for row in batch_items for it in row]
-        missing = list(dict.fromkeys(p for p in order if image_key(p) not in self.cache))
+        first: dict[str, int] = {}
+        for position, p in enumerate(order):
+            if image_key(p) not in self.cache:
+                first.setdefault(image_key(p), position)
         fresh: dict[str, torch.Tensor] = {}
-        if missing:
-            feats = self.adapter.image_features([self._image(p) for p in missing])
-            self.vision_images_encoded += len(missing)
-            fresh = {image_key(p): f for p, f in zip(missing, feats, strict=True)}
+        if first:
+            positions = list(first.values())
+            feats = self.adapter.batch_image_features(inputs, positions, [self._image(order[i]) for i in positions])
+            self.vision_images_encoded += len(positions)
+            fresh = dict(zip(first, feats, strict=True))
         features = [fresh[k] if k in fresh else self.cache.get(k) for k in map(image_key, order)]
-        return self.adapter.embed_with_image_features(input_ids, features)  # type: ignore[arg-type]
+        return self.adapter.embed_with_image_features(inputs["input_ids"], features)  # type: ignore[arg-type]
 
     @torch.no_grad()
     def _generate(self, prompts: Sequence[Prompt], instruction: str | None) -> list[str]:
@@ -100,7 +105,7 @@ class ICLRunner:
                                   "eos_token_id": self.stop_ids, "pad_token_id": self.pad_id}
         if self.cache is not None:
             rows = [[*demos, q] for demos, q in prompts]
-            embeds = self._inputs_embeds(rows, batch.input_ids)
+            embeds = self._inputs_embeds(rows, batch.inputs)
             out = self.model.generate(inputs_embeds=embeds, attention_mask=batch.attention_mask, **kwargs)
             new = out  # generate from inputs_embeds returns only the new tokens
         else:

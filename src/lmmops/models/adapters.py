@@ -202,6 +202,13 @@ class ModelAdapter:
             raise ValueError(f"{self.family}: get_image_features gave {len(features)} outputs for {len(images)} images")
         return [f.reshape(-1, f.shape[-1]) for f in features]
 
+    def batch_image_features(self, inputs: dict[str, Any], positions: Sequence[int],
+                             images: Sequence[Image]) -> list[torch.Tensor]:
+        """Features of the images at `positions` (indices in prompt order over the whole batch) of a
+        processed prompt batch `inputs`; `images` are the same images, used by families whose processor
+        output cannot be sliced per image (they are processed again)."""
+        return self.image_features(images)
+
     def embed_with_image_features(self, input_ids: torch.Tensor, features: Sequence[torch.Tensor]) -> torch.Tensor:
         """Token embeddings of `input_ids` with the image-token positions filled by `features` (in order)."""
         self._require_feature_cache()
@@ -423,6 +430,16 @@ class LlavaAdapter(ModelAdapter):
     vision_model_path = ("model", "vision_tower")
     has_image_features = True
     supports_feature_cache = True
+
+    @torch.no_grad()
+    def batch_image_features(self, inputs: dict[str, Any], positions: Sequence[int],
+                             images: Sequence[Image]) -> list[torch.Tensor]:
+        # LLaVA's pixel_values hold one row per image in prompt order: slice them instead of re-processing.
+        if not positions:
+            return []
+        pixels = inputs["pixel_values"][list(positions)]
+        features = self.model.get_image_features(pixel_values=pixels).pooler_output
+        return [f.reshape(-1, f.shape[-1]) for f in features]
 
     def _pixel_inputs(self, images: Sequence[Image], processor: Any) -> dict[str, torch.Tensor]:
         # LLaVA's CLIP image processor takes a flat list (one pixel tensor per image).
