@@ -40,6 +40,13 @@ TINY_PARAMS = {
     "index": {"batch_size": 16},
     "icl-eval": {"max_queries": 6, "strategies": ["zero-shot", "RS", "SI", "SQ", "SQA"], "shots": [1, 2],
                  "manipulations": ["wrong_answer"], "analysis_shots": 2, "max_new_tokens": 3},
+    **{method: {"tasks": ["icl/colour/en", "vqa"], "shots": 2, "steps": 2, "batch_size": 4, "selection_rounds": 2,
+                "eval_batch_size": 16, "max_new_tokens": 3, "latency_repeats": 1, "log_every": 1}
+       for method in ("live", "mimic")},
+    "vector-baselines": {"tasks": ["icl/colour/en", "vqa"], "shots": 2, "max_new_tokens": 3,
+                         "lora": {"epochs": 1, "batch_size": 8}, "task_vector": {"prompts": 4},
+                         "function_vector": {"prompts": 4, "corrupted_prompts": 2, "heads": 2},
+                         "icv": {"pairs": 4, "strengths": [0.1]}},
 }
 
 
@@ -108,6 +115,9 @@ def test_make_run_steps_then_noop(fresh_clone: Path):
     head = git(root, "rev-parse", "HEAD").strip()
     assert by_stage["validate"]["git_commit"] == head
     assert "acc/RS/1shot" in by_stage["icl-eval"]["metrics"]
+    assert "test_acc/mean" in by_stage["live"]["metrics"] and "test_acc/mean" in by_stage["mimic"]["metrics"]
+    assert {"zero-shot", "LIVE", "MimIC"} <= {r["method"] for r in data["vectors"]["rows"]}
+    assert (root / "models/mimic/manifest.json").is_file() and (root / "reports/live/results.md").is_file()
     assert (root / "reports/icl_eval/accuracy_vs_shots.png").is_file()
     table = _run(root, "lmmops", "report")
     assert "validate" in table.stdout and "make ui" in table.stdout

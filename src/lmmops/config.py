@@ -145,6 +145,7 @@ class BootstrapConfig:
     describe_share: float = 0.0625  # attribute questions on the ICL images (direct vision supervision)
     max_shots: int = 8  # demonstrations per ICL training episode
     vqa_pack: int = 6  # ordinary VQA questions packed into one row
+    reasoning_pack: int = 1  # reasoning examples (text or multimodal) packed into one row
     # extra text reasoning rows drawn from the DeepScaler generator (fresh seed, test problems excluded)
     extra_reasoning_rows: int = 4000
     # bookkeeping
@@ -203,12 +204,166 @@ class ICLEvalConfig:
     threads: int = 2
 
 
+# ----------------------------------------------------------------------------------------------------
+# live / mimic (in-context vectors distilled from the k-shot ICL teacher, PAPERS.md §3-4; lmmops.vectors)
+
+
+@dataclass(frozen=True)
+class VectorStageConfig:
+    """One vector set per task pool, selected on val, tested once, bundled and registered (lmmops.vectors.stage_lib).
+
+    LiveStageConfig and MimicStageConfig fix the method and the output names; the training fields are passed to
+    lmmops.vectors.train.DistillConfig (`steps` per pool; `lr` None: the paper's default for the method)."""
+
+    data_dir: str = "data"
+    model: str = "models/base"
+    out_dir: str = "models/vectors"  # the bundle: every pool's vector file + manifest.json (a DVC output)
+    report_dir: str = "reports/vectors"  # results.md / results.json
+    checkpoint_dir: str = "checkpoints/vectors"  # resumable distill state, one sub-directory per run key
+    registered_name: str = "lmmops-vectors"
+    base_registered_name: str = "lmmops-base"  # the base model's registered name (matched by its weights)
+    # Pools: ICL task names ("icl/colour/en", ...) and/or "vqa" (the ordinary, non-ICL questions);
+    # empty = every ICL task of the train split, then "vqa".
+    tasks: tuple[str, ...] = ()
+    shots: int = 16  # teacher demos (random, with replacement, from the query's pool) and the k of k-shot ICL
+    steps: int = 30  # optimiser steps per pool
+    batch_size: int = 16
+    micro_batch_size: int | None = None
+    lr: float | None = None
+    weight_decay: float = 1e-3
+    warmup_share: float = 0.1
+    max_grad_norm: float = 1.0
+    lm_weight: float = 0.5
+    selection_rounds: int = 3  # val accuracy after each of this many equal segments; the best segment end is kept
+    instruction: str | None = None  # the same at training and inference
+    eval_batch_size: int = 64
+    max_new_tokens: int = 8
+    latency_repeats: int = 3  # generation timings: best of this many
+    promote_margin: float = 0.0  # champion moves when the new mean val accuracy >= champion's + this
+    seed: int = 0
+    log_every: int = 5
+    checkpoint_every: int = 50
+    threads: int = 1
+    deepspeed: str | None = None  # DeepSpeed JSON config for distill (infra/deepspeed/zero2.json); None: plain
+
+    @property
+    def method(self) -> str:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class LiveStageConfig(VectorStageConfig):
+    """LIVE (PAPERS.md §3): per-layer vectors and alpha; KL on the answer + 0.5 LM."""
+
+    out_dir: str = "models/live"
+    report_dir: str = "reports/live"
+    checkpoint_dir: str = "checkpoints/live"
+    registered_name: str = "lmmops-live"
+    alpha_lr: float = 1e-2
+
+    @property
+    def method(self) -> str:
+        return "live"
+
+
+@dataclass(frozen=True)
+class MimicStageConfig(VectorStageConfig):
+    """MimIC (PAPERS.md §4): per-head shifts before o_proj; hidden-state MSE over all layers + 0.5 LM."""
+
+    out_dir: str = "models/mimic"
+    report_dir: str = "reports/mimic"
+    checkpoint_dir: str = "checkpoints/mimic"
+    registered_name: str = "lmmops-mimic"
+
+    @property
+    def method(self) -> str:
+        return "mimic"
+
+
+# ----------------------------------------------------------------------------------------------------
+# vector-baselines (the baselines of LIVE / MimIC: LoRA, task vector, function vector, ICV; PAPERS.md §4)
+
+BaselineName = Literal["lora", "task_vector", "function_vector", "icv"]
+
+
+@dataclass(frozen=True)
+class LoraBaselineConfig:
+    """peft LoRA on the language model's self-attention q/k/v/o, trained on query -> answer (answer-only LM loss)."""
+
+    rank: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.05
+    lr: float = 5e-4
+    weight_decay: float = 0.0
+    epochs: int = 3  # the epoch with the best validation accuracy is kept
+    batch_size: int = 16
+    warmup_share: float = 0.1
+    max_grad_norm: float = 1.0
+
+
+@dataclass(frozen=True)
+class TaskVectorConfig:
+    """Hendel et al. 2023: the last token's hidden state at layer L of k-shot prompts, patched into zero-shot."""
+
+    prompts: int = 16  # k-shot prompts averaged
+    layers: tuple[int, ...] = ()  # candidate layers (0-based decoder-layer outputs); () = every layer
+
+
+@dataclass(frozen=True)
+class FunctionVectorConfig:
+    """Todd et al. 2024: the summed mean outputs of the top-K heads by indirect effect, added at layer L."""
+
+    prompts: int = 16  # clean k-shot prompts for the mean head outputs
+    corrupted_prompts: int = 8  # shuffled-label k-shot prompts for the indirect effect
+    heads: int = 10  # K
+    layers: tuple[int, ...] = ()  # candidate layers for the addition; () = every layer
+    on_generated: bool = True  # also add the vector at every generated token (not only the last prompt token)
+
+
+@dataclass(frozen=True)
+class ICVConfig:
+    """Liu et al. 2023: rank-1 PCA of per-layer hidden-state differences, added at every layer and token."""
+
+    pairs: int = 32  # (query + answer, query) pairs from the pool
+    strengths: tuple[float, ...] = (0.05, 0.1, 0.2, 0.4)  # lambda candidates (chosen on the validation split)
+
+
+@dataclass(frozen=True)
+class VectorBaselinesConfig:
+    """Fit every baseline on each task pool of the train split, choose on val, test once (lmmops.vectors.baselines)."""
+
+    data_dir: str = "data"
+    model: str = "models/base"
+    out_dir: str = "reports/vector_baselines"
+    train_split: str = "train"
+    val_split: str = "val"
+    test_split: str = "test"
+    # Pools: ICL task names ("icl/colour/en", ...) and/or "vqa" (the ordinary, non-ICL questions);
+    # empty = every ICL task of the train split, then "vqa".
+    tasks: tuple[str, ...] = ()
+    baselines: tuple[BaselineName, ...] = ("lora", "task_vector", "function_vector", "icv")
+    shots: int = 8  # demonstrations per k-shot prompt (task and function vectors), from the pool
+    instruction: str | None = None  # the same at fitting and inference
+    seed: int = 0
+    batch_size: int = 32
+    max_new_tokens: int = 8
+    latency_repeats: int = 2  # timed test generations per (pool, method); latency_rel uses the best
+    threads: int = 1
+    lora: LoraBaselineConfig = field(default_factory=LoraBaselineConfig)
+    task_vector: TaskVectorConfig = field(default_factory=TaskVectorConfig)
+    function_vector: FunctionVectorConfig = field(default_factory=FunctionVectorConfig)
+    icv: ICVConfig = field(default_factory=ICVConfig)
+
+
 STAGE_CONFIGS: dict[str, type] = {
     "generate": GenerateConfig,
     "validate": ValidateConfig,
     "bootstrap": BootstrapConfig,
     "index": IndexConfig,
     "icl-eval": ICLEvalConfig,
+    "live": LiveStageConfig,
+    "mimic": MimicStageConfig,
+    "vector-baselines": VectorBaselinesConfig,
 }
 
 

@@ -1,7 +1,9 @@
 """`lmmops report`: the latest MLflow run of every stage, its status and key metrics, and where to look.
 
-    lmmops report          a table (rich) on stdout
-    lmmops report --json   the same as JSON, for scripts
+    lmmops report          a table (rich) on stdout; after it, once live / mimic / vector-baselines have run, the
+                           "in-context vectors" table: method (zero-shot, k-shot ICL, LIVE, MimIC, baselines),
+                           trainable params, mean test accuracy over task pools, latency per query vs zero-shot
+    lmmops report --json   the same as JSON, for scripts (the vectors table under "vectors", with per-pool accuracies)
     lmmops ui              the MLflow UI for this project's store on 127.0.0.1 (`make ui`)
 """
 
@@ -28,7 +30,81 @@ def collect(root: Path) -> dict[str, Any]:
         "tracking_uri": tracking.tracking_uri(root),
         "stages": runs,
         "missing_stages": [s for s in STAGES if s not in {r["stage"] for r in runs}],
+        "vectors": vector_table(runs),
     }
+
+
+# ----------------------------------------------------------------------------------------------------
+# the in-context vectors table (issue 6): zero-shot, k-shot ICL, LIVE, MimIC and the vector baselines
+
+VECTOR_STAGES = {"live": "LIVE", "mimic": "MimIC"}
+BASELINE_STAGE = "vector-baselines"
+BASELINE_LABELS = {"lora": "LoRA (r 16, q/k/v/o)", "task_vector": "task vector", "function_vector": "function vector",
+                   "icv": "ICV"}
+
+
+def _per_pool(metrics: dict[str, float], prefix: str) -> dict[str, float]:
+    """{pool: value} of the metrics named `<prefix><pool>` (pool names may hold "/"), without the mean."""
+    return {k[len(prefix):]: v for k, v in sorted(metrics.items()) if k.startswith(prefix) and k != f"{prefix}mean"}
+
+
+def _vector_row(method: str, stage: str, params: float | None, acc: float | None, latency: float | None,
+                per_pool: dict[str, float]) -> dict[str, Any]:
+    return {"method": method, "stage": stage, "trainable_params": params, "test_acc": acc, "latency_rel": latency,
+            "test_acc_per_pool": per_pool}
+
+
+def vector_table(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Rows (method, trainable params, mean test accuracy over task pools, latency per query relative to
+    zero-shot, and the per-pool accuracies) from the latest finished live / mimic / vector-baselines runs; None
+    when none has run. Zero-shot and k-shot ICL come from the live (else mimic) run, which measures them on the
+    same test items; baselines from the vector-baselines metrics test_acc/<b>/mean, trainable_params/<b>,
+    latency_rel/<b>."""
+    wanted = (*VECTOR_STAGES, BASELINE_STAGE)
+    full = {r["stage"]: tracking.run_info(r["run_id"])["metrics"] for r in runs
+            if r["stage"] in wanted and r["status"] == "FINISHED"}
+    rows: list[dict[str, Any]] = []
+    ref_stage = next((s for s in VECTOR_STAGES if s in full), None)
+    if ref_stage is not None:
+        ref = full[ref_stage]
+        rows.append(_vector_row("zero-shot", ref_stage, 0, ref.get("zero_shot_acc/mean"), 1.0,
+                                _per_pool(ref, "zero_shot_acc/")))
+        rows.append(_vector_row(f"{int(ref.get('shots', 0))}-shot ICL", ref_stage, 0, ref.get("icl_acc/mean"),
+                                ref.get("icl_latency_rel"), _per_pool(ref, "icl_acc/")))
+    elif BASELINE_STAGE in full and "test_acc/zero-shot/mean" in full[BASELINE_STAGE]:
+        ref = full[BASELINE_STAGE]
+        rows.append(_vector_row("zero-shot", BASELINE_STAGE, 0, ref["test_acc/zero-shot/mean"], 1.0,
+                                _per_pool(ref, "test_acc/zero-shot/")))
+    for stage, label in VECTOR_STAGES.items():
+        if stage in full:
+            m = full[stage]
+            rows.append(_vector_row(label, stage, m.get("trainable_params"), m.get("test_acc/mean"),
+                                    m.get("latency_rel"), _per_pool(m, "test_acc/")))
+    if BASELINE_STAGE in full:
+        m = full[BASELINE_STAGE]
+        found = {k.split("/")[1] for k in m if k.startswith("test_acc/") and k.endswith("/mean")} - {"zero-shot"}
+        for b in [*(b for b in BASELINE_LABELS if b in found), *sorted(found - set(BASELINE_LABELS))]:
+            rows.append(_vector_row(BASELINE_LABELS.get(b, b), BASELINE_STAGE, m.get(f"trainable_params/{b}"),
+                                    m.get(f"test_acc/{b}/mean"), m.get(f"latency_rel/{b}"),
+                                    _per_pool(m, f"test_acc/{b}/")))
+    if not rows:
+        return None
+    pools = sorted({p for r in rows for p in r["test_acc_per_pool"]})
+    return {"rows": rows, "pools": pools}
+
+
+def _print_vector_table(console: Any, vectors: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    table = Table(title="in-context vectors (test split, mean over task pools)")
+    for col in ("method", "trainable params", "test accuracy", "latency vs zero-shot", "stage"):
+        table.add_column(col, justify="left" if col in ("method", "stage") else "right")
+    for r in vectors["rows"]:
+        params = "-" if r["trainable_params"] is None else f"{int(r['trainable_params']):,}"
+        acc = "-" if r["test_acc"] is None else f"{100 * r['test_acc']:.1f}%"
+        latency = "-" if r["latency_rel"] is None else f"{r['latency_rel']:.2f}x"
+        table.add_row(r["method"], params, acc, latency, r["stage"])
+    console.print(table)
 
 
 def _fmt(value: float) -> str:
@@ -55,6 +131,8 @@ def print_report(root: Path, *, as_json: bool = False) -> int:
         status = r["status"] if r["status"] != "FAILED" else "[red]FAILED[/red]"
         table.add_row(r["stage"], status, started, f"{r['duration_s']:.1f}s", metrics, r["run_id"][:12])
     console.print(table)
+    if data["vectors"]:
+        _print_vector_table(console, data["vectors"])
     if data["missing_stages"]:
         console.print(f"no runs yet for: {', '.join(data['missing_stages'])}")
     if data["stages"]:

@@ -210,3 +210,18 @@ def test_peft_wrapped_model_gets_its_family_adapter():
     adapter = adapter_for(wrapped, tok)
     assert adapter.family == "llama" and (adapter.num_heads, adapter.num_kv_heads, adapter.head_dim) == (4, 2, 16)
     assert adapter.decoder_layers is wrapped.get_base_model().model.layers
+
+
+def test_close_answer_puts_the_separator_in_the_answer_span(tiny, items_for):
+    family, model, processor = tiny
+    adapter = adapter_for(model, processor)
+    demos, query = items_for(family)
+    plain = adapter.build_prompts([(demos, query)], with_answer=True, padding_side="right")
+    closed = adapter.build_prompts([(demos, query)], with_answer=True, padding_side="right", close_answer=True)
+    (a0, a1), (c0, c1) = plain.answer_span, closed.answer_span
+    # Same answer start and tokens, then the separator, which ends both the answer span and the query.
+    assert c0 == a0 and c1 > a1 and closed.query_span[1] == c1
+    assert torch.equal(closed.input_ids[0, c0:a1], plain.input_ids[0, a0:a1])
+    assert decode(processor, closed.input_ids[0], (a1, c1)) == "\n"
+    with pytest.raises(ValueError, match="close_answer"):
+        adapter.build_prompts([(demos, query)], close_answer=True)

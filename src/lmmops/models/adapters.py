@@ -248,8 +248,14 @@ class ModelAdapter:
         instruction: str | None = None,
         padding_side: str = "left",
         processor: Any = None,
+        close_answer: bool = False,
     ) -> PromptBatch:
-        """A padded batch of prompts (left padding by default, for generation), spans per row."""
+        """A padded batch of prompts (left padding by default, for generation), spans per row.
+
+        `close_answer` (with `with_answer`) puts the item separator after the query's answer and counts it in the
+        answer span: training targets that include where an answer ends, i.e. the token at which inference
+        stops generating (as every demonstration's answer is followed by it).
+        """
         processor = processor if processor is not None else self.processor
         if processor is None:
             raise ValueError(f"{type(self).__name__} needs a processor: adapter_for(model, processor)")
@@ -260,8 +266,11 @@ class ModelAdapter:
         parsed = [([as_item(d) for d in demos], as_item(query)) for demos, query in prompts]
         for demos, query in parsed:
             self._check_items([*demos, query])
+        if close_answer and not with_answer:
+            raise ValueError("close_answer needs with_answer=True")
         return self._build(
-            processor, parsed, with_answer=with_answer, instruction=instruction, padding_side=padding_side
+            processor, parsed, with_answer=with_answer, instruction=instruction, padding_side=padding_side,
+            close_answer=close_answer,
         )
 
     def _check_items(self, items: list[ICLItem]) -> None:
@@ -270,14 +279,15 @@ class ModelAdapter:
             raise ValueError(f"{self.family} prompts need an image for every item; missing for {missing}")
 
     def _segments(
-        self, demos: list[ICLItem], query: ICLItem, *, with_answer: bool, instruction: str | None
+        self, demos: list[ICLItem], query: ICLItem, *, with_answer: bool, instruction: str | None,
+        close_answer: bool = False,
     ) -> list[Segment]:
         segments: list[Segment] = []
         if instruction:
             segments.append(instruction_text(instruction))
         for demo in demos:
             segments += [demo.image, item_text(demo, with_answer=True) + SEPARATOR]  # type: ignore[list-item]
-        segments += [query.image, item_text(query, with_answer=with_answer)]  # type: ignore[list-item]
+        segments += [query.image, _query_text(query, with_answer, close_answer)]  # type: ignore[list-item]
         return segments
 
     def _text(self, segments: list[Segment]) -> str:
@@ -303,8 +313,10 @@ class ModelAdapter:
         with_answer: bool,
         instruction: str | None,
         padding_side: str,
+        close_answer: bool = False,
     ) -> PromptBatch:
-        rows = [self._segments(d, q, with_answer=with_answer, instruction=instruction) for d, q in parsed]
+        rows = [self._segments(d, q, with_answer=with_answer, instruction=instruction, close_answer=close_answer)
+                for d, q in parsed]
         inputs = self._encode(processor, rows, padding_side)
         lead = self._ids(processor, [""])  # what the processor puts before any text (BOS or nothing)
         prefix_ids = self._ids(processor, [instruction_text(instruction)]) if instruction else lead
@@ -313,7 +325,7 @@ class ModelAdapter:
         for r, (_demos, query) in enumerate(parsed):
             start, end = _row_bounds(inputs["attention_mask"][r])
             row = inputs["input_ids"][r, start:end].tolist()
-            query_full = self._ids(processor, [query.image, item_text(query, with_answer=with_answer)])  # type: ignore[list-item]
+            query_full = self._ids(processor, [query.image, _query_text(query, with_answer, close_answer)])  # type: ignore[list-item]
             if query_full[: len(lead)] != lead:
                 raise PromptAlignmentError(f"{self.family}: the processor's leading tokens changed: {lead}")
             query_ids = query_full[len(lead) :]
@@ -330,7 +342,7 @@ class ModelAdapter:
             spans["query"].append((query_start, end))
             answer: Span | None = None
             if with_answer:
-                answer_ids = _answer_token_ids(tokenizer, query)
+                answer_ids = _answer_token_ids(tokenizer, query, SEPARATOR if close_answer else "")
                 if row[len(row) - len(answer_ids) :] != answer_ids:
                     raise PromptAlignmentError(f"{self.family}: answer tokens {answer_ids} do not end prompt {r}")
                 answer = (end - len(answer_ids), end)
@@ -358,10 +370,16 @@ class ModelAdapter:
         return zero_shot.model_inputs()
 
 
-def _answer_token_ids(tokenizer: Any, item: ICLItem) -> list[int]:
-    """Token ids of the answer at the end of `item_text(item, with_answer=True)`, tokenized alone."""
+def _query_text(query: ICLItem, with_answer: bool, close_answer: bool) -> str:
+    return item_text(query, with_answer=with_answer) + (SEPARATOR if close_answer else "")
+
+
+def _answer_token_ids(tokenizer: Any, item: ICLItem, suffix: str = "") -> list[int]:
+    """Token ids of the answer (+ `suffix`) at the end of `item_text(item, with_answer=True) + suffix`, tokenized
+    alone."""
     text = item_text(item, with_answer=True)
     a0 = answer_char_start(text, item)
+    text += suffix
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = enc["input_ids"], enc["offset_mapping"]
     first = next((j for j, (_s, e) in enumerate(offsets) if e > a0), len(ids))
@@ -482,6 +500,7 @@ class LlamaAdapter(ModelAdapter):
         with_answer: bool,
         instruction: str | None,
         padding_side: str,
+        close_answer: bool = False,
     ) -> PromptBatch:
         tokenizer = getattr(processor, "tokenizer", processor)
         texts: list[str] = []
@@ -492,6 +511,7 @@ class LlamaAdapter(ModelAdapter):
             q_text = item_text(query, with_answer=with_answer)
             q0 = len(prefix) + len(body)
             a0 = q0 + answer_char_start(q_text, query) if with_answer else None
+            q_text = _query_text(query, with_answer, close_answer)
             texts.append(prefix + body + q_text)
             bounds.append((len(prefix), q0, a0))
         enc = tokenizer(

@@ -322,13 +322,23 @@ def interleaved_row(enc: Encoded, items: Sequence[VQAItem], group: str) -> Row:
     return row
 
 
-def reasoning_row(enc: Encoded, tok: Any, prompt: str, completion: str, image: Path | None, group: str) -> Row:
-    """Prompt (image tokens first when there is an image), then completion + EOS under the loss."""
-    p_ids = tok(prompt.removeprefix("<image>"), add_special_tokens=False)["input_ids"]
-    c_ids = tok(completion, add_special_tokens=False)["input_ids"] + [enc.eos]
-    head = [enc.bos] + (enc.image_tokens if image is not None else []) + p_ids
-    images = [enc.image_index[image]] if image is not None else []
-    return Row(head + c_ids, [False] * len(head) + [True] * len(c_ids), images, group)
+def reasoning_row(enc: Encoded, tok: Any, examples: Sequence[tuple[str, str, Path | None]], group: str) -> Row:
+    """One or more (prompt, completion, image) examples packed into one row, each as BOS, prompt (image
+    tokens first when there is an image), then completion + EOS under the loss.
+
+    Why pack: ICL episodes set the row length (~260 tokens at 16 shots); one reasoning trace is ~75, and
+    padding it to the episode length would spend most of the row's compute on pad tokens. Each packed
+    example restarts with BOS, the way a single prompt starts at inference.
+    """
+    row = Row([], [], [], group)
+    for prompt, completion, image in examples:
+        p_ids = tok(prompt.removeprefix("<image>"), add_special_tokens=False)["input_ids"]
+        c_ids = tok(completion, add_special_tokens=False)["input_ids"] + [enc.eos]
+        head = [enc.bos] + (enc.image_tokens if image is not None else []) + p_ids
+        row.ids += head + c_ids
+        row.labels += [False] * len(head) + [True] * len(c_ids)
+        row.images += [enc.image_index[image]] if image is not None else []
+    return row
 
 
 def sample_batch(rng: np.random.Generator, corpora: Corpora, enc: Encoded, tok: Any, cfg: BootstrapConfig) -> list[Row]:
@@ -350,12 +360,14 @@ def sample_batch(rng: np.random.Generator, corpora: Corpora, enc: Encoded, tok: 
         picks = rng.choice(len(corpora.describe), size=min(cfg.vqa_pack, len(corpora.describe)), replace=False)
         rows.append(interleaved_row(enc, [corpora.describe[i] for i in picks], "describe"))
     for _ in range(n_mm):
-        r = corpora.multimodal[int(rng.integers(len(corpora.multimodal)))]
-        rows.append(reasoning_row(enc, tok, reasoning_prompt(r.question, with_image=True),
-                                  multimodal_completion(r), r.images[0], "mm_reasoning"))
+        picks = rng.integers(len(corpora.multimodal), size=cfg.reasoning_pack)
+        rows.append(reasoning_row(enc, tok, [(reasoning_prompt(r.question, with_image=True), multimodal_completion(r),
+                                              r.images[0]) for r in (corpora.multimodal[int(i)] for i in picks)],
+                                  "mm_reasoning"))
     for _ in range(n_text):
-        m = corpora.math[int(rng.integers(len(corpora.math)))]
-        rows.append(reasoning_row(enc, tok, reasoning_prompt(m.problem), m.solution or "", None, "reasoning"))
+        picks = rng.integers(len(corpora.math), size=cfg.reasoning_pack)
+        rows.append(reasoning_row(enc, tok, [(reasoning_prompt(m.problem), m.solution or "", None)
+                                             for m in (corpora.math[int(i)] for i in picks)], "reasoning"))
     return rows
 
 

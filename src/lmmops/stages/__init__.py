@@ -71,6 +71,31 @@ STAGES: dict[str, Stage] = {
             ("acc/zero-shot/0shot", "acc/RS/1shot", "acc/RS/8shot", "acc/SI/8shot", "acc/SQ/8shot", "copy/RS/8shot",
              "copy/SQ/8shot", "copy/SQA/8shot", "TR", "TL", "seconds"),
         ),
+        Stage(
+            "live",
+            "lmmops.stages.vectors:live",
+            "distil LIVE vectors (per layer) from the k-shot ICL teacher, one set per task pool; select on val, test "
+            "once; register the bundle as an lmmops-live pyfunc version (challenger; champion by val margin)",
+            ("test_acc/mean", "icl_acc/mean", "zero_shot_acc/mean", "val_acc/mean", "gap_to_icl/mean",
+             "gain_over_zero_shot/mean", "latency_rel", "trainable_params", "seconds"),
+        ),
+        Stage(
+            "mimic",
+            "lmmops.stages.vectors:mimic",
+            "distil MimIC head shifts from the k-shot ICL teacher, one set per task pool; select on val, test "
+            "once; register the bundle as an lmmops-mimic pyfunc version (challenger; champion by val margin)",
+            ("test_acc/mean", "icl_acc/mean", "zero_shot_acc/mean", "val_acc/mean", "gap_to_icl/mean",
+             "gain_over_zero_shot/mean", "latency_rel", "trainable_params", "seconds"),
+        ),
+        Stage(
+            "vector-baselines",
+            "lmmops.stages.vector_baselines:vector_baselines",
+            "the baselines of LIVE/MimIC per task pool: LoRA (r 16, q/k/v/o), task vector, function vector, ICV; "
+            "choices on val, test once; accuracy, trainable parameters, latency vs zero-shot",
+            ("test_acc/zero-shot/mean", "test_acc/lora/mean", "test_acc/task_vector/mean",
+             "test_acc/function_vector/mean", "test_acc/icv/mean", "trainable_params/lora", "latency_rel/lora",
+             "seconds"),
+        ),
     ]
 }
 assert set(STAGES) == set(STAGE_CONFIGS), "every stage needs a typed config in lmmops.config"

@@ -363,3 +363,112 @@ def download_artifacts(uri: str, dst: Path | None = None) -> Path:
     local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst))
     return Path(local)
 
+
+
+def version_tag(name: str, version: str, key: str) -> str | None:
+    """The tag `key` of version `version` of registered model `name` (None when absent)."""
+    import mlflow
+
+    return mlflow.MlflowClient().get_model_version(name, str(version)).tags.get(key)
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def matching_model_version(name: str, local_dir: Path, *, max_versions: int = 20) -> str | None:
+    """The registered version of `name` whose logged checkpoint holds the same weights as `local_dir`, or None.
+
+    Compared: every `*.safetensors` file and config.json of `local_dir`, by size (listed), then by sha256
+    (downloaded only when the sizes agree). The champion is tried first, then the newest `max_versions`."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    local_dir = Path(local_dir)
+    files = sorted(p for p in local_dir.glob("*") if p.suffix == ".safetensors" or p.name == "config.json")
+    if not local_dir.is_dir() or not any(p.suffix == ".safetensors" for p in files):
+        return None
+    client = mlflow.MlflowClient()
+    try:
+        versions = client.search_model_versions(f"name = '{name}'")
+    except MlflowException:
+        return None
+    champion = alias_version(name, "champion")
+    versions = sorted(versions, key=lambda mv: (str(mv.version) != champion, -int(mv.version)))[:max_versions]
+    sizes = {p.name: p.stat().st_size for p in files}
+    for mv in versions:
+        try:
+            listed = {Path(f.path).name: f.file_size for f in mlflow.artifacts.list_artifacts(artifact_uri=mv.source)}
+            if any(listed.get(n) != s for n, s in sizes.items()):
+                continue
+            with tempfile.TemporaryDirectory(prefix="lmmops-match-") as tmp:
+                if all(_sha256(Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{mv.source}/{p.name}",
+                                                                        dst_path=tmp))) == _sha256(p)
+                       for p in files):
+                    return str(mv.version)
+        except (MlflowException, OSError):  # a version whose artifacts cannot be read is no match
+            continue
+    return None
+
+
+def log_vector_model(
+    run: StageRun,
+    bundle_dir: Path,
+    registered_name: str,
+    *,
+    base_model_dir: Path | None = None,
+    tags: dict[str, Any] | None = None,
+    artifact_name: str = "model",
+) -> tuple[str, str]:
+    """Log a vector bundle as an MLflow pyfunc model (`lmmops.tracking.pyfunc.VectorBundleModel`) in `run` and
+    register it as a new version of `registered_name` with `tags`; returns (model URI, version).
+
+    `base_model_dir` (the base model's save_pretrained directory) is logged with it when the base model is not a
+    registered version (the bundle's manifest says which)."""
+    import importlib.metadata
+
+    import mlflow
+    import mlflow.pyfunc
+
+    from lmmops.tracking.pyfunc import VectorBundleModel
+
+    active = mlflow.active_run()
+    if active is None or active.info.run_id != run.run_id:
+        raise RuntimeError(f"log_vector_model: run {run.run_id} is not the active MLflow run")
+    artifacts = {"bundle": str(bundle_dir)}
+    if base_model_dir is not None:
+        artifacts["base_model"] = str(base_model_dir)
+    requirements = []
+    for package in ("torch", "transformers", "safetensors", "pillow", "pandas", "mlflow"):
+        try:
+            requirements.append(f"{package}=={importlib.metadata.version(package)}")
+        except importlib.metadata.PackageNotFoundError:
+            requirements.append(package)
+    with warnings.catch_warnings():
+        # no signature or input example on purpose: inferring them would run the model at logging time
+        warnings.filterwarnings("ignore", message=".*[Ss]ignature.*")
+        warnings.filterwarnings("ignore", message=".*input example.*")
+        info = mlflow.pyfunc.log_model(name=artifact_name, python_model=VectorBundleModel(), artifacts=artifacts,
+                                       pip_requirements=requirements)
+    mv = mlflow.register_model(info.model_uri, registered_name, tags={k: str(v) for k, v in (tags or {}).items()})
+    return info.model_uri, str(mv.version)
+
+
+def promote_by_tag(name: str, version: str, *, tag: str, margin: float) -> bool:
+    """`promote_if_better` with both scores read back from the versions' tag `tag` (e.g. val_acc_mean): the new
+    version becomes `challenger`; `champion` moves to it when its score >= the champion's + `margin`, or when
+    there is no champion or the champion has no such tag. Returns whether champion moved."""
+    score = version_tag(name, version, tag)
+    if score is None:
+        raise ValueError(f"{name} version {version} has no {tag!r} tag to compare with the champion")
+    champion = alias_version(name, "champion")
+    champion_score = version_tag(name, champion, tag) if champion else None
+    return promote_if_better(name, version, score=float(score),
+                             champion_score=float(champion_score) if champion_score is not None else None,
+                             margin=margin)

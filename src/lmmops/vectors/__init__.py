@@ -11,6 +11,8 @@ Public API:
   VectorMismatchError (ValueError)
   DistillConfig, distill(cfg, model, processor, train_items) -> DistillResult      the LIVE / MimIC loop, `train`
   evaluate_vectors(model, processor, vectors, items), NonFiniteLossError            (demo sampling: `data`)
+  stage_lib: select_pools, train_and_select (val-only selection), evaluate_test    the `live` / `mimic` stages
+  bundle: save_bundle / load_bundle / VectorBundle.answer                         every pool's vectors + manifest
 
 Everything reaches the model through `lmmops.models.adapter_for`; nothing here knows a model family.
 

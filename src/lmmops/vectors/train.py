@@ -18,6 +18,12 @@ optimiser, history) is checkpointed atomically under `<checkpoint_dir>/<key>/las
 config (minus bookkeeping), the pool, the base model's weights and tokenizer, and this code; a run with the
 same key resumes there and gives the same vectors as an uninterrupted run (each step's data is a function of
 (seed, step) only, the learning rate of the step index).
+DeepSpeed (`deepspeed`: path of a ZeRO-2 JSON config, infra/deepspeed/zero2.json): the same loop, with the vectors
+and this AdamW wrapped in a DeepSpeed engine (`lmmops.vectors.distributed`): `engine.backward` / `engine.step`,
+clipping by the config's `gradient_clipping` (filled from `max_grad_norm`), the same learning rate set on the same
+groups each step, the same non-finite checks before the step, the same checkpoint format (a run resumes with or
+without DeepSpeed; `deepspeed` is not part of the checkpoint key). Under a launcher (torchrun, `deepspeed
+--no_local_rank`) each rank trains on its share of every step's rows; only rank 0 logs and writes checkpoints.
 `evaluate_vectors(model, processor, vectors, items)` generates greedy answers for each query alone with the
 vectors attached (through `ICLRunner`: the inference template, stop tokens and `adapter.postprocess_answer`)
 and scores them with the official VQA accuracy.
@@ -38,11 +44,11 @@ row by row, that the paired tokens are the same ids, in the same order, before a
 
 Departures from the papers and reference code: the student prompt carries the inference instruction and the
 LM loss covers the answer tokens only (LIVE reference defects); MimIC's logZ2 is masked like the attention
-(see `mimic`); teacher demonstrations are drawn per (seed, step), not from a global RNG; one device, no
-DeepSpeed and no autocast (the base model runs in its loaded dtype, the vectors in fp32); `micro_batch_size` splits a
-step's batch into gradient-accumulation chunks weighted by their share of the loss tokens (`chunk_weights`,
-so the accumulated loss is the whole-batch loss); weight decay applies to both LIVE groups; text-only
-(llama-family) models are not covered (training items are VQA items with images).
+(see `mimic`); teacher demonstrations are drawn per (seed, step), not from a global RNG; one device unless
+DeepSpeed is configured, and no autocast (the base model runs in its loaded dtype, the vectors in fp32);
+`micro_batch_size` splits a step's batch into gradient-accumulation chunks weighted by their share of the loss
+tokens (`chunk_weights`, so the accumulated loss is the whole-batch loss); weight decay applies to both LIVE
+groups; text-only (llama-family) models are not covered (training items are VQA items with images).
 """
 
 from __future__ import annotations
@@ -69,6 +75,7 @@ from lmmops.eval.metrics import vqa_accuracy
 from lmmops.models import ModelAdapter, PromptAlignmentError, PromptBatch, adapter_for
 from lmmops.vectors.base import LossParts, VectorSet, capture_outputs, frozen
 from lmmops.vectors.data import DemoPool, Draw, sample_step, steps_per_epoch
+from lmmops.vectors.distributed import DeepSpeedRun
 from lmmops.vectors.live import LiveVectors, attach_live, live_loss
 from lmmops.vectors.mimic import MimicVectors, aligned_hidden, attach_mimic, mimic_loss
 
@@ -76,7 +83,9 @@ METHODS: dict[str, type[VectorSet]] = {"live": LiveVectors, "mimic": MimicVector
 DEFAULT_LR = {"live": 1e-3, "mimic": 5e-3}  # PAPERS.md: LIVE lr(V) 1e-3 (VQAv2), MimIC 5e-3
 CHECKPOINT_FORMAT = 1
 # Fields of DistillConfig that do not change the trained vectors (left out of the checkpoint key).
-_BOOKKEEPING = ("checkpoint_every", "log_every", "threads")
+# `deepspeed` changes how the step is computed, not what is trained (same vectors up to fp32 rounding, same checkpoint
+# format): a run may resume with or without it.
+_BOOKKEEPING = ("checkpoint_every", "log_every", "threads", "deepspeed")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -101,9 +110,14 @@ class DistillConfig:
     lm_weight: float = 0.5
     seed: int = 0
     instruction: str | None = None  # the same at training and inference
+    # The query's answer is followed by the item separator, which the losses cover too: inference stops
+    # generating there, so the student must learn where its answer ends (without it LIVE students ran on:
+    # "golf echo echo foxtrot" for "golf").
+    close_answer: bool = True
     checkpoint_every: int = 50
     log_every: int = 10
     threads: int = 2
+    deepspeed: str | None = None  # DeepSpeed JSON config (infra/deepspeed/zero2.json); None: plain PyTorch
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -119,6 +133,8 @@ class DistillConfig:
                              f"{self.log_every}")
         if not 0.0 <= self.warmup_share < 1.0:
             raise ValueError(f"warmup_share must be in [0, 1), got {self.warmup_share}")
+        if self.deepspeed is not None and not Path(self.deepspeed).is_file():
+            raise ValueError(f"deepspeed: no DeepSpeed config at {self.deepspeed}")
 
     @property
     def vector_lr(self) -> float:
@@ -230,6 +246,13 @@ def align_tokens(teacher: PromptBatch, student: PromptBatch) -> AlignedTokens:
     )
 
 
+def loss_token_counts(method: str, chunks: Sequence[AlignedTokens]) -> list[tuple[int, int]]:
+    """Per micro-batch, the number of tokens its (distill, lm) loss terms average over."""
+    answers = [int(a.student_answer.sum()) for a in chunks]
+    distilled = answers if method == "live" else [int(a.student_query.sum()) for a in chunks]
+    return list(zip(distilled, answers, strict=True))
+
+
 def chunk_weights(method: str, chunks: Sequence[AlignedTokens]) -> list[tuple[float, float]]:
     """Per micro-batch, the weights of its (distill, lm) loss terms in the whole batch's loss.
 
@@ -237,9 +260,9 @@ def chunk_weights(method: str, chunks: Sequence[AlignedTokens]) -> list[tuple[fl
     loss over answer tokens), so a chunk weighs its share of those tokens and the weighted sum over chunks is
     the whole-batch loss exactly (up to float rounding); a single chunk gets (1, 1).
     """
-    answers = [int(a.student_answer.sum()) for a in chunks]
-    distilled = answers if method == "live" else [int(a.student_query.sum()) for a in chunks]
-    return [(d / sum(distilled), n / sum(answers)) for d, n in zip(distilled, answers, strict=True)]
+    counts = loss_token_counts(method, chunks)
+    distilled, answers = sum(d for d, _ in counts), sum(n for _, n in counts)
+    return [(d / distilled, n / answers) for d, n in counts]
 
 
 def answer_lm_loss(logits: torch.Tensor, answer_mask: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
@@ -323,16 +346,19 @@ def model_fingerprint(model: nn.Module, processor: Any) -> str:
 def checkpoint_key(cfg: DistillConfig, pool: DemoPool, model: nn.Module, processor: Any) -> str:
     """Hash of the config (minus bookkeeping), the pool, the base model and this trainer's code."""
     params = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _BOOKKEEPING}
-    code = [hashlib.sha256(Path(path).read_bytes()).hexdigest() for path in (__file__, _data_module_file())]
+    code = [hashlib.sha256(Path(path).read_bytes()).hexdigest() for path in (__file__, *_prompt_code_files())]
     blob = json.dumps({"config": params, "data": pool.fingerprint(), "model": model_fingerprint(model, processor),
                        "code": code}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _data_module_file() -> str:
+def _prompt_code_files() -> list[str]:
+    """The modules that decide which tokens a step trains on (sampling, prompt template, spans): a change to any
+    of them must not resume an old checkpoint."""
+    from lmmops.models import adapters, prompt
     from lmmops.vectors import data
 
-    return str(data.__file__)
+    return [str(data.__file__), str(prompt.__file__), str(adapters.__file__)]
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -396,16 +422,23 @@ def distill(
         vectors.load_state_dict(state["vectors"])
         optimizer.load_state_dict(state["optimizer"])
         start, history, seconds = int(state["step"]), list(state["history"]), float(state["train_seconds"])
+    # With DeepSpeed, the (restored) vectors and optimiser go into a ZeRO-2 engine; rank 0 logs and checkpoints.
+    ds = DeepSpeedRun.start(cfg.deepspeed, vectors, optimizer, batch_size=cfg.batch_size,
+                            micro_batch_size=cfg.micro_batch_size, max_grad_norm=cfg.max_grad_norm) \
+        if cfg.deepspeed else None
+    main = ds is None or ds.is_main
     for entry in history:
-        if on_log:
+        if on_log and main:
             on_log(int(entry["step"]), {k: v for k, v in entry.items() if k != "step"})
 
     def checkpoint(step: int) -> None:
         if ckpt is not None:
-            save_checkpoint(ckpt, {"format": CHECKPOINT_FORMAT, "key": key, "step": step,
-                                   "vectors": vectors.state_dict(), "optimizer": optimizer.state_dict(),
-                                   "history": history, "train_seconds": seconds,
-                                   "config": dataclasses.asdict(cfg)})
+            optimizer_state = optimizer.state_dict() if ds is None else ds.optimizer_state_dict()
+            if main:
+                save_checkpoint(ckpt, {"format": CHECKPOINT_FORMAT, "key": key, "step": step,
+                                       "vectors": vectors.state_dict(), "optimizer": optimizer_state,
+                                       "history": history, "train_seconds": seconds,
+                                       "config": dataclasses.asdict(cfg)})
 
     def kept(saved: int) -> str:
         if ckpt is None:
@@ -416,7 +449,8 @@ def distill(
 
     def prompt_pair(specs: list[Any]) -> tuple[PromptBatch, PromptBatch, AlignedTokens]:
         """Teacher (demos + query + answer) and student (query + answer) batches, right-padded, aligned."""
-        kw = {"with_answer": True, "instruction": cfg.instruction, "padding_side": "right"}
+        kw = {"with_answer": True, "instruction": cfg.instruction, "padding_side": "right",
+              "close_answer": cfg.close_answer}
         teacher = adapter.build_prompts(specs, **kw)
         student = adapter.build_prompts([([], query) for _demos, query in specs], **kw)
         return teacher, student, align_tokens(teacher, student)
@@ -426,7 +460,7 @@ def distill(
     saved = start  # the step the checkpoint on disk holds
     was_training = model.training
     model.eval()  # the base model is frozen: no dropout in teacher or student
-    bar = tqdm(range(start, end), initial=start, total=total, desc=cfg.method, disable=not progress,
+    bar = tqdm(range(start, end), initial=start, total=total, desc=cfg.method, disable=not (progress and main),
                mininterval=1.0, dynamic_ncols=True)
     try:
         with frozen(model):
@@ -437,11 +471,18 @@ def distill(
                 factor = lr_factor(step, total, warmup)
                 for group in optimizer.param_groups:
                     group["lr"] = group["base_lr"] * factor
-                optimizer.zero_grad(set_to_none=True)
-                chunks = [prompt_pair(pool.prompts(chunk)) for chunk in _chunks(draws, cfg.micro_batch_size)]
-                weights = chunk_weights(cfg.method, [aligned for _t, _s, aligned in chunks])
+                if ds is None:
+                    optimizer.zero_grad(set_to_none=True)
+                    chunks = [prompt_pair(pool.prompts(chunk)) for chunk in _chunks(draws, cfg.micro_batch_size)]
+                    weights = chunk_weights(cfg.method, [aligned for _t, _s, aligned in chunks])
+                else:  # this rank's share of the rows, weighed in all ranks' loss tokens; the engine zeroes grads
+                    batches, counted = ds.micro_batches(draws, cfg.micro_batch_size)
+                    chunks = [prompt_pair(pool.prompts(chunk)) for chunk in batches]
+                    counts = loss_token_counts(cfg.method, [aligned for _t, _s, aligned in chunks])
+                    weights = ds.chunk_weights(counts, counted)
                 parts = torch.zeros(3)
-                for (teacher, student, aligned), (w_distill, w_lm) in zip(chunks, weights, strict=True):
+                for i, ((teacher, student, aligned), (w_distill, w_lm)) in enumerate(zip(chunks, weights,
+                                                                                         strict=True)):
                     loss = batch_loss(model, adapter, vectors, teacher.to(device, dtype), student.to(device, dtype),
                                       aligned, cfg.lm_weight)  # type: ignore[arg-type]
                     if not all(bool(torch.isfinite(t)) for t in loss):
@@ -449,13 +490,22 @@ def distill(
                                                  f"{loss.distill.item()}, lm {loss.lm.item()}); {kept(saved)}")
                     distill_part, lm_part = w_distill * loss.distill, w_lm * loss.lm
                     chunk_total = distill_part + cfg.lm_weight * lm_part  # = loss.total for a single chunk
-                    chunk_total.backward()
+                    if ds is None:
+                        chunk_total.backward()
+                    else:
+                        ds.backward(chunk_total, last=i == len(chunks) - 1)
                     parts += torch.stack([chunk_total, distill_part, lm_part]).detach().float().cpu()
-                grad_norm = torch.nn.utils.clip_grad_norm_(vectors.parameters(), cfg.max_grad_norm)
+                if ds is None:
+                    grad_norm = torch.nn.utils.clip_grad_norm_(vectors.parameters(), cfg.max_grad_norm)
+                else:  # DeepSpeed clips in ds.step(), by the config's gradient_clipping (= max_grad_norm)
+                    grad_norm, parts = ds.grad_norm(), ds.all_sum(parts)
                 if not bool(torch.isfinite(grad_norm)):
                     raise NonFiniteLossError(f"{cfg.method} step {step + 1}: gradient norm {grad_norm.item()}; "
                                              f"{kept(saved)}")
-                optimizer.step()
+                if ds is None:
+                    optimizer.step()
+                else:
+                    ds.step()
                 seconds += time.perf_counter() - t0
                 done = step + 1
                 if done % cfg.log_every == 0 or done == end:
@@ -467,15 +517,19 @@ def distill(
                         entry["alpha_mean"] = vectors.alpha.detach().mean().item()
                     history.append(entry)
                     bar.set_postfix(loss=f"{entry['loss']:.4f}")
-                    if on_log:
+                    if on_log and main:
                         on_log(done, {k: v for k, v in entry.items() if k != "step"})
                 if done % cfg.checkpoint_every == 0 or done == end:
                     checkpoint(done)
                     saved = done
+        if ds is not None:
+            vectors = ds.finish(vectors)  # a plain copy, without DeepSpeed's flat buffers and hooks
     finally:
         bar.close()
         model.train(was_training)
         torch.set_num_threads(threads)
+        if ds is not None:
+            ds.close()
     return DistillResult(
         vectors=vectors,
         history=history,

@@ -1,0 +1,359 @@
+"""The baselines of LIVE / MimIC (LoRA, task vector, function vector, ICV) and the `vector-baselines` stage.
+
+Tiny random-weight models (`build_tiny`, one cached per family) and hand-made VQA items on solid-colour images:
+the numbers are not the point, the mechanics are (fitting, applying and removing, what each hook touches, the
+parameter counts, and that the stage never lets a choice read the test split).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from PIL import Image
+from vectorutil import assert_state_equal, state_copy, tiny
+
+from lmmops.config import (
+    FunctionVectorConfig,
+    ICVConfig,
+    LoraBaselineConfig,
+    TaskVectorConfig,
+    VectorBaselinesConfig,
+)
+from lmmops.data.schemas import VQAAnswer, VQAItem
+from lmmops.models import ICLItem, adapter_for
+from lmmops.vectors.baselines import (
+    BASELINES,
+    attach_task_vector,
+    evaluate_baseline,
+    fit_baseline,
+    icv_shift,
+    injected_lora,
+    lora_target_names,
+    rank1_pca_directions,
+)
+from lmmops.vectors.baselines.common import captured, last_token_head_outputs
+from lmmops.vectors.baselines.function_vector import function_vector_from_heads, shuffled_labels
+from lmmops.vectors.baselines.lora import lora_config, lora_trainable_count
+
+COLOURS = ["red", "green", "blue", "yellow", "white", "black", "orange", "purple"]
+
+CFG = VectorBaselinesConfig(
+    shots=2, batch_size=8, max_new_tokens=3, instruction="Answer with one word.",
+    lora=LoraBaselineConfig(epochs=2, batch_size=4, lr=5e-3),
+    task_vector=TaskVectorConfig(prompts=4),
+    function_vector=FunctionVectorConfig(prompts=4, corrupted_prompts=3, heads=3),
+    icv=ICVConfig(pairs=4, strengths=(0.1, 0.5)),
+)
+
+
+def vqa_item(i: int, image: Path, answer: str, split: str) -> VQAItem:
+    answers = tuple(VQAAnswer(answer, "yes", k) for k in range(10))
+    return VQAItem(i, i, "What color is the shape?" if i % 2 else "Color?", "icl/colour/en", "other", answer,
+                   answers, image, split)
+
+
+@pytest.fixture(scope="module")
+def items(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[VQAItem]]:
+    """8 train items of one task and 3 val items (other ids and images)."""
+    root = tmp_path_factory.mktemp("pool")
+    out: dict[str, list[VQAItem]] = {"train": [], "val": []}
+    for i, colour in enumerate(COLOURS + COLOURS[:3]):
+        path = root / f"{i}.png"
+        Image.new("RGB", (32, 32), colour).save(path)
+        split = "train" if i < len(COLOURS) else "val"
+        out[split].append(vqa_item(i, path, colour, split))
+    return out
+
+
+def probe_logits(model: Any, processor: Any) -> torch.Tensor:
+    """Logits of a fixed zero-shot batch of two prompts (left padded, as at inference)."""
+    adapter = adapter_for(model, processor)
+    queries = [ICLItem(Image.new("RGB", (32, 32), "red"), "Color?"),
+               ICLItem(Image.new("RGB", (32, 32), "blue"), "What color is the shape?")]
+    batch = adapter.build_prompts([([], q) for q in queries], instruction=CFG.instruction)
+    with torch.no_grad():
+        return model(**batch.model_inputs()).logits
+
+
+def grad_flags(model: Any) -> list[bool]:
+    return [p.requires_grad for p in model.parameters()]
+
+
+# ----- every baseline: fit, evaluate, apply, remove ----------------------------------------------------
+
+
+@pytest.mark.parametrize("name", BASELINES)
+def test_baseline_fits_evaluates_and_leaves_the_model_as_it_was(name: str, items: dict[str, list[VQAItem]]):
+    model, processor = tiny("llava")
+    before, flags, plain = state_copy(model), grad_flags(model), probe_logits(model, processor)
+
+    fitted = fit_baseline(name, CFG, model, processor, items["train"], items["val"])
+    assert fitted.trainable_params > 0 and fitted.choice["val_accuracy"] >= 0.0
+    assert_state_equal(model, before)  # LoRA training included: every base weight bit-identical
+    assert grad_flags(model) == flags and not model.training
+    assert torch.equal(probe_logits(model, processor), plain)
+
+    result = evaluate_baseline(fitted, model, processor, items["val"], batch_size=8, max_new_tokens=3)
+    assert 0.0 <= result["accuracy"] <= 1.0 and result["queries"] == 3.0 and result["seconds"] > 0
+    with fitted.applied(model, processor):
+        assert not torch.equal(probe_logits(model, processor), plain)  # the intervention acts ...
+    assert torch.equal(probe_logits(model, processor), plain)  # ... and is gone after, bit for bit
+    assert_state_equal(model, before)
+    assert not any("lora" in n for n, _ in model.named_modules())
+    assert grad_flags(model) == flags
+
+
+def test_trainable_sizes_of_the_vector_baselines(items: dict[str, list[VQAItem]]):
+    model, processor = tiny("llava")
+    adapter = adapter_for(model, processor)
+    d, layers = adapter.hidden_size, adapter.num_layers
+    assert fit_baseline("task_vector", CFG, model, processor, items["train"], items["val"]).trainable_params == d
+    fitted = fit_baseline("icv", CFG, model, processor, items["train"], items["val"])
+    assert fitted.trainable_params == layers * d and fitted.choice["strength"] in CFG.icv.strengths
+    assert set(fitted.choice["val_accuracy_per_strength"]) == set(CFG.icv.strengths)
+
+
+def test_unknown_baseline_and_empty_validation_are_errors(items: dict[str, list[VQAItem]]):
+    model, processor = tiny("llava")
+    with pytest.raises(ValueError, match="unknown baseline 'prefix'"):
+        fit_baseline("prefix", CFG, model, processor, items["train"], items["val"])
+    with pytest.raises(ValueError, match="validation split"):
+        fit_baseline("icv", CFG, model, processor, items["train"], [])
+
+
+# ----- LoRA ------------------------------------------------------------------------------------------
+
+
+def test_lora_targets_only_the_decoder_attention_and_counts_by_hand():
+    model, processor = tiny("llava")
+    adapter = adapter_for(model, processor)
+    names = lora_target_names(model, adapter)
+    text_prefix = next(n for n, m in model.named_modules() if m is adapter.text_model)
+    assert len(names) == 4 * adapter.num_layers and all(n.startswith(text_prefix + ".layers.") for n in names)
+    # the vision tower has q/k/v projections too: peft must not see them
+    assert any(n.endswith(".q_proj") and not n.startswith(text_prefix) for n, _ in model.named_modules())
+    d, heads, kv, dh, r = adapter.hidden_size, adapter.num_heads, adapter.num_kv_heads, adapter.head_dim, 16
+    by_hand = adapter.num_layers * r * ((d + heads * dh) + 2 * (d + kv * dh) + (heads * dh + d))
+    assert by_hand == 2 * 16 * (128 + 96 + 96 + 128)  # the tiny config: 2 layers, d 64, 4 heads, 2 kv heads of 16
+    with injected_lora(model, lora_config(CFG, names)) as peft_model:
+        assert lora_trainable_count(peft_model) == by_hand
+        adapted = [n for n, m in model.named_modules() if hasattr(m, "lora_A")]
+        assert sorted(adapted) == sorted(names)
+    assert not any(hasattr(m, "lora_A") for m in model.modules())
+
+
+def test_lora_training_is_seeded_and_leaves_the_global_rng_alone(items: dict[str, list[VQAItem]]):
+    model, processor = tiny("llava")
+    cfg = dataclasses.replace(CFG, lora=LoraBaselineConfig(epochs=1, batch_size=4, lr=5e-3, dropout=0.5))
+    states = []
+    for seed in (1, 2):  # a different global RNG state before each fit: dropout must not depend on it
+        torch.manual_seed(seed)
+        before = torch.random.get_rng_state()
+        states.append(fit_baseline("lora", cfg, model, processor, items["train"], items["val"]).tensors)
+        assert torch.equal(torch.random.get_rng_state(), before)
+    assert states[0].keys() == states[1].keys()
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
+# ----- task vector -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", ["llava", "idefics2", "qwen2_vl", "idefics"])
+def test_task_vector_replaces_only_the_last_prompt_token_at_layer_l(family: str):
+    model, processor = tiny(family)
+    adapter = adapter_for(model, processor)
+    batch = adapter.build_prompt([], ICLItem(Image.new("RGB", (32, 32), "red"), "Color?"))
+    vector, layer = torch.randn(adapter.hidden_size), 1
+
+    def layer_outputs() -> list[torch.Tensor]:
+        with torch.no_grad(), captured(list(adapter.decoder_layers)) as slots:
+            model(**batch.model_inputs())
+        return [s.clone() for s in slots]  # type: ignore[union-attr]
+
+    plain = layer_outputs()
+    with attach_task_vector(adapter, vector, layer):
+        patched = layer_outputs()
+    for l_, (p, q) in enumerate(zip(plain, patched, strict=True)):
+        if l_ < layer:
+            assert torch.equal(p, q)  # before layer L: untouched
+        else:
+            assert torch.equal(p[:, :-1], q[:, :-1])  # earlier positions never see the last token (causal)
+    assert torch.equal(patched[layer][0, -1], vector)  # layer L's last position IS the vector
+    assert torch.equal(layer_outputs()[layer], plain[layer])  # removed on exit
+
+
+def test_task_vector_patches_the_prefill_forward_only():
+    model, processor = tiny("llava")
+    adapter = adapter_for(model, processor)
+    batch = adapter.build_prompt([], ICLItem(Image.new("RGB", (32, 32), "red"), "Color?"))
+    vector, seen = torch.randn(adapter.hidden_size), []
+    with attach_task_vector(adapter, vector, 0):
+        # registered after the patch, so it records the patched output of every forward
+        handle = adapter.decoder_layers[0].register_forward_hook(lambda _m, _a, out: seen.append(out.clone()))
+        try:
+            model.generate(**batch.model_inputs(), max_new_tokens=3, min_new_tokens=3, do_sample=False)
+        finally:
+            handle.remove()
+    assert len(seen) == 3 and seen[0].shape[1] > 1 and all(s.shape[1] == 1 for s in seen[1:])
+    assert torch.equal(seen[0][0, -1], vector)
+    assert not any(torch.equal(s[0, -1], vector) for s in seen[1:])
+
+
+# ----- function vector -------------------------------------------------------------------------------
+
+
+def test_function_vector_is_the_o_proj_image_of_the_top_heads(items: dict[str, list[VQAItem]]):
+    model, processor = tiny("llava")
+    adapter = adapter_for(model, processor)
+    layers, heads, dh = adapter.num_layers, adapter.num_heads, adapter.head_dim
+    mean = torch.randn(layers, heads, dh)
+    scores = torch.zeros(layers, heads)
+    scores[1, 2], scores[0, 3] = 2.0, 1.0
+    vector, chosen = function_vector_from_heads(adapter, mean, scores, 2)
+    assert chosen == [(1, 2), (0, 3)]
+    w1 = adapter.self_attn_modules[1].o_proj.weight[:, 2 * dh : 3 * dh]
+    w0 = adapter.self_attn_modules[0].o_proj.weight[:, 3 * dh : 4 * dh]
+    assert torch.allclose(vector, w1 @ mean[1, 2] + w0 @ mean[0, 3], atol=1e-6)
+    # the captured head outputs are o_proj's input, split per head
+    specs = [([], ICLItem(Image.new("RGB", (32, 32), "red"), "Color?"))]
+    heads_out = last_token_head_outputs(model, adapter, specs, instruction=None)
+    assert heads_out.shape == (layers, 1, heads, dh)
+    fitted = fit_baseline("function_vector", CFG, model, processor, items["train"], items["val"])
+    assert len(fitted.choice["heads"]) == CFG.function_vector.heads
+    assert fitted.trainable_params == adapter.hidden_size
+
+
+def test_shuffled_labels_permute_demo_answers_only():
+    image = Image.new("RGB", (32, 32), "red")
+    demos = [ICLItem(image, f"q{i}", f"a{i}") for i in range(6)]
+    query = ICLItem(image, "q", "gold")
+    [(shuffled, kept)] = shuffled_labels([(demos, query)], seed=0)
+    assert kept == query and [d.question for d in shuffled] == [d.question for d in demos]
+    assert sorted(d.answer for d in shuffled) == sorted(d.answer for d in demos)  # type: ignore[type-var]
+    assert [d.answer for d in shuffled] != [d.answer for d in demos]
+
+
+# ----- ICV -------------------------------------------------------------------------------------------
+
+
+def test_icv_keeps_every_token_norm_and_moves_towards_the_direction():
+    gen = torch.Generator().manual_seed(0)
+    hidden = torch.randn(2, 5, 64, generator=gen) * 3
+    direction = torch.randn(64, generator=gen)
+    out = icv_shift(hidden, direction, 0.3)
+    assert torch.allclose(out.norm(dim=-1), hidden.norm(dim=-1), rtol=1e-5)
+    unit = direction / direction.norm()
+    assert bool(((out / out.norm(dim=-1, keepdim=True)) @ unit > (hidden / hidden.norm(dim=-1, keepdim=True)) @ unit)
+                .all())
+    assert torch.allclose(icv_shift(hidden, direction, 0.0), hidden, atol=1e-5)  # lambda 0: x itself
+
+
+def test_rank1_pca_direction_by_hand():
+    # differences along e0 with a spread along e1: the first principal direction is e1, signed by the mean
+    diffs = torch.tensor([[[2.0, 1.0, 0.0], [2.0, -1.0, 0.0], [2.0, 3.0, 0.0], [2.0, -3.0, 0.0]]])
+    mean = diffs.mean(dim=1)
+    direction = rank1_pca_directions(diffs)
+    pc = direction - mean
+    assert torch.allclose(pc.abs(), torch.tensor([[0.0, 1.0, 0.0]]), atol=1e-6)
+    assert float((pc * mean).sum()) >= 0.0
+
+
+# ----- the stage -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Generated test-size data (every pool has val and test items) and an untrained test-size LLaVA."""
+    from lmmops.config import (
+        BootstrapConfig,
+        GenerateConfig,
+        MathGenConfig,
+        MultimodalMathGenConfig,
+        SokobanGenConfig,
+        VQAGenConfig,
+    )
+    from lmmops.data import generate_all
+    from lmmops.data.loaders import load_vqa
+    from lmmops.models.bootstrap import build_model, build_processor
+
+    root = tmp_path_factory.mktemp("vb")
+    generate_all(GenerateConfig(
+        out_dir="data", vqa=VQAGenConfig(train=60, val=20, test=20),
+        deepscaler=MathGenConfig(train=2, test=1),
+        multimodal=MultimodalMathGenConfig(multimath_train=1, multimath_test=1, geo_train=1, geo_test=1,
+                                           perce_reason_train=1, perce_reason_test=1),
+        sokoban=SokobanGenConfig(train=1, test=1, sizes=(6,), num_boxes=(1,)),
+    ), root=root, progress=False)
+    words = [f"{it.question} {it.multiple_choice_answer}" for s in ("train", "val", "test")
+             for it in load_vqa(root / "data", s)]
+    processor = build_processor(["Question: Short answer:", *words])
+    model = build_model(BootstrapConfig(text_hidden=32, text_layers=2, text_heads=2, text_kv_heads=1,
+                                        text_intermediate=64, vision_hidden=16, vision_layers=1, vision_heads=1,
+                                        vision_intermediate=32), processor)
+    model.save_pretrained(root / "model")
+    processor.save_pretrained(root / "model")
+    return root
+
+
+def test_stage_end_to_end_never_chooses_on_the_test_split(workspace: Path, project: Path,
+                                                          monkeypatch: pytest.MonkeyPatch):
+    import lmmops.vectors.baselines as bl
+    from lmmops import tracking
+    from lmmops.stages import metrics_path, run_stage
+
+    fit_splits: list[set[str]] = []
+    evaluated: list[set[str]] = []
+    real_fit, real_eval = bl.fit_baseline, bl.evaluate_baseline
+
+    def recording_fit(name: str, cfg: Any, model: Any, processor: Any, train: Any, val: Any) -> Any:
+        fit_splits.append({it.split for it in train} | {it.split for it in val})
+        # every evaluation during fitting (the choices) must see train or val items only
+        from lmmops.vectors import train as train_module
+
+        real_evaluate = train_module.evaluate_vectors
+
+        def guarded(model: Any, processor: Any, vectors: Any, items: Any, **kw: Any) -> Any:
+            assert {it.split for it in items} <= {"train", "val"}, "a choice read the test split"
+            return real_evaluate(model, processor, vectors, items, **kw)
+
+        with monkeypatch.context() as m:
+            m.setattr(train_module, "evaluate_vectors", guarded)
+            return real_fit(name, cfg, model, processor, train, val)
+
+    def recording_eval(fitted: Any, model: Any, processor: Any, items: Any, **kw: Any) -> Any:
+        evaluated.append({it.split for it in items})
+        return real_eval(fitted, model, processor, items, **kw)
+
+    monkeypatch.setattr(bl, "fit_baseline", recording_fit)
+    monkeypatch.setattr(bl, "evaluate_baseline", recording_eval)
+    cfg = dataclasses.replace(CFG, data_dir=str(workspace / "data"), model=str(workspace / "model"),
+                              tasks=("icl/colour/en", "vqa"), lora=LoraBaselineConfig(epochs=1, batch_size=8),
+                              latency_repeats=2)
+    metrics = run_stage("vector-baselines", cfg, root=project)
+
+    assert len(fit_splits) == 2 * len(BASELINES) and all(s == {"train", "val"} for s in fit_splits)
+    assert evaluated == [{"test"}] * (2 * len(BASELINES))  # the test split: once per (pool, baseline)
+    for name in ("zero-shot", *BASELINES):
+        for pool in ("icl/colour/en", "vqa", "mean"):
+            assert 0.0 <= metrics[f"test_acc/{name}/{pool}"] <= 1.0
+    for name in BASELINES:
+        assert metrics[f"trainable_params/{name}"] > 0 and f"latency_rel/{name}" not in metrics  # timings: MLflow
+    assert metrics["trainable_params/task_vector"] == metrics["trainable_params/function_vector"] == 32.0
+    assert metrics["trainable_params/icv"] == 2 * 32.0
+    out = project / "reports/vector_baselines"
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["test_accuracy"]) == {"icl/colour/en", "vqa"}
+    assert all(results["latency_rel"][name] > 0 for name in BASELINES)
+    assert "layer" in results["choices"]["vqa"]["task_vector"] and "epoch" in results["choices"]["vqa"]["lora"]
+    assert "| **mean** |" in (out / "results.md").read_text()
+    assert json.loads(metrics_path(project, "vector-baselines").read_text()) == metrics
+    [latest] = tracking.latest_stage_runs(project, ["vector-baselines"])
+    logged = tracking.run_info(latest["run_id"])["metrics"]
+    assert all(logged[f"latency_rel/{name}"] > 0 for name in BASELINES) and logged["seconds"] > 0
+    with pytest.raises(ValueError, match="unknown pool 'icl/colour/xx'"):
+        run_stage("vector-baselines", dataclasses.replace(cfg, tasks=("icl/colour/xx",)), root=project)

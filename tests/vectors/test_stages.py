@@ -1,0 +1,311 @@
+"""The `live` and `mimic` stages end to end on a test-size LLaVA and test-size data: validation-only selection
+(the test split scored once per pool, after all training), the bundle, the registered pyfunc answering a test
+image from `models:/lmmops-mimic@champion`, champion/challenger by the val margin, resumption, bad input.
+
+The tiny model is trained for 2 steps (random-ish weights): the numbers are not the point, the plumbing is; the
+default model's numbers come from `make run` (reports/live/, reports/mimic/).
+
+Run: `python -m pytest tests/vectors/test_stages.py -q`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from lmmops.config import (
+    BootstrapConfig,
+    GenerateConfig,
+    LiveStageConfig,
+    MathGenConfig,
+    MimicStageConfig,
+    MultimodalMathGenConfig,
+    SokobanGenConfig,
+    VQAGenConfig,
+)
+from lmmops.vectors import stage_lib
+
+TINY_MODEL = BootstrapConfig(text_hidden=32, text_layers=1, text_heads=2, text_kv_heads=1, text_intermediate=64,
+                             vision_hidden=16, vision_layers=1, vision_heads=1, vision_intermediate=32, steps=2,
+                             batch_size=4, max_shots=2, vqa_pack=2, extra_reasoning_rows=0, log_every=1)
+POOLS = ("icl/colour/en", "vqa")
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Generated test-size data (every pool has train, val and test items) and a saved test-size LLaVA."""
+    from lmmops.data import generate_all
+    from lmmops.models.bootstrap import train
+
+    root = tmp_path_factory.mktemp("vector-stages")
+    cfg = GenerateConfig(
+        out_dir="data",
+        vqa=VQAGenConfig(train=60, val=20, test=20),
+        deepscaler=MathGenConfig(train=4, test=2),
+        multimodal=MultimodalMathGenConfig(multimath_train=1, multimath_test=1, geo_train=1, geo_test=1,
+                                           perce_reason_train=1, perce_reason_test=1),
+        sokoban=SokobanGenConfig(train=1, test=1, sizes=(6,), num_boxes=(1,)),
+    )
+    generate_all(cfg, root=root, progress=False)
+    result = train(TINY_MODEL, root / "data", None, progress=False)
+    result.model.save_pretrained(root / "model")
+    result.processor.save_pretrained(root / "model")
+    return root
+
+
+def _cfg(cls: type, workspace: Path, **kw: Any) -> Any:
+    base = {"data_dir": str(workspace / "data"), "model": str(workspace / "model"), "tasks": POOLS, "shots": 2,
+            "steps": 4, "batch_size": 4, "selection_rounds": 2, "eval_batch_size": 16, "max_new_tokens": 3,
+            "latency_repeats": 1, "log_every": 1, "threads": 1}
+    return cls(**{**base, **kw})
+
+
+class Recorder:
+    """Wraps distill and evaluate_vectors as the stage library calls them; records (event, split, ...)."""
+
+    def __init__(self, workspace: Path, monkeypatch: pytest.MonkeyPatch):
+        from lmmops.data.loaders import load_vqa
+
+        self.split_of = {it.question_id: s for s in ("train", "val", "test") for it in load_vqa(workspace / "data", s)}
+        self.events: list[tuple[str, ...]] = []
+        distill, evaluate = stage_lib.distill, stage_lib.evaluate_vectors
+
+        def recording_distill(*a: Any, **k: Any) -> Any:
+            self.events.append(("distill", str(k.get("stop_after"))))
+            return distill(*a, **k)
+
+        def recording_evaluate(model: Any, processor: Any, vectors: Any, items: Any, **k: Any) -> Any:
+            splits = {self.split_of[it.question_id] for it in items}
+            assert len(splits) == 1, splits
+            pools = {stage_lib.VQA_POOL if not it.is_icl else it.question_type for it in items}
+            self.events.append(("evaluate", splits.pop(), "zero-shot" if vectors is None else "vectors", *pools))
+            return evaluate(model, processor, vectors, items, **k)
+
+        monkeypatch.setattr(stage_lib, "distill", recording_distill)
+        monkeypatch.setattr(stage_lib, "evaluate_vectors", recording_evaluate)
+
+
+def test_mimic_stage_selects_on_val_tests_once_and_registers_a_pyfunc(
+    workspace: Path, project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mlflow
+    import pandas as pd
+
+    from lmmops import report, tracking
+    from lmmops.data.loaders import load_vqa
+    from lmmops.models import adapter_for, load_model
+    from lmmops.stages import metrics_path, run_stage
+    from lmmops.vectors import MimicVectors
+
+    recorder = Recorder(workspace, monkeypatch)
+    cfg = _cfg(MimicStageConfig, workspace)
+    metrics = run_stage("mimic", cfg, root=project)
+
+    # validation-only selection: val with vectors after each segment, the test split once per pool, at the end
+    events = recorder.events
+    last_distill = max(i for i, e in enumerate(events) if e[0] == "distill")
+    for pool in POOLS:
+        val = [i for i, e in enumerate(events) if e[:3] == ("evaluate", "val", "vectors") and e[3] == pool]
+        test = [i for i, e in enumerate(events) if e[:3] == ("evaluate", "test", "vectors") and e[3] == pool]
+        assert len(val) == cfg.selection_rounds and len(test) == 1, events
+        assert test[0] > last_distill  # the test split is scored only after every pool is trained
+    assert not [e for e in events if e[1] == "train"]
+    assert [e[1] for e in events if e[0] == "distill"] == ["2", "4"] * len(POOLS)  # two segments of one schedule
+
+    for key in ("test_acc/mean", "zero_shot_acc/mean", "icl_acc/mean", "val_acc/mean",
+                *(f"{m}/{p}" for m in ("test_acc", "zero_shot_acc", "icl_acc", "val_acc") for p in POOLS)):
+        assert 0.0 <= metrics[key] <= 1.0, key
+    tiny_model, tiny_processor = load_model(workspace / "model")
+    expected = MimicVectors.for_adapter(adapter_for(tiny_model, tiny_processor)).num_parameters()
+    assert metrics["trainable_params"] == expected
+    assert metrics["gap_to_icl/mean"] == pytest.approx(metrics["icl_acc/mean"] - metrics["test_acc/mean"])
+    assert json.loads(metrics_path(project, "mimic").read_text()) == metrics  # deterministic: no timings
+
+    # the bundle: one vector file per pool, the manifest; the report files; the resumable checkpoints
+    manifest = json.loads((project / "models/mimic/manifest.json").read_text())
+    assert manifest["method"] == "mimic" and set(manifest["pools"]) == set(POOLS)
+    assert manifest["default_pool"] == "vqa" and manifest["teacher"] == {"strategy": "RS-within-task", "shots": 2}
+    assert manifest["base_model"]["registered"] is False and manifest["base_model"]["version"].startswith("sha:")
+    for entry in manifest["pools"].values():
+        assert (project / "models/mimic" / entry["path"] / "vectors.safetensors").is_file()
+    assert not list((project / "models").glob(".mimic.tmp-*"))
+    assert "MimIC" in (project / "reports/mimic/results.md").read_text()
+    results = json.loads((project / "reports/mimic/results.json").read_text())
+    assert results["registered"]["version"] == "1" and results["registered"]["champion"] is True
+    assert len(list((project / "checkpoints/mimic").glob("*/round-*.pt"))) == 2 * len(POOLS)
+
+    # MLflow: every logged step, the selection curve, the timings; the registered version with aliases and tags
+    run = tracking.latest_stage_runs(project, ["mimic"])[0]
+    info = tracking.run_info(run["run_id"])
+    assert info["status"] == "FINISHED" and "latency_rel" in info["metrics"] and info["metrics"]["latency_rel"] > 0
+    history = mlflow.MlflowClient().get_metric_history(run["run_id"], "train/vqa/loss")
+    assert [int(m.step) for m in history] == [1, 2, 3, 4]  # each step once, across the segments' resumes
+    assert len(mlflow.MlflowClient().get_metric_history(run["run_id"], "selection/val_acc/vqa")) == 2
+    assert tracking.alias_version("lmmops-mimic", "champion") == tracking.alias_version("lmmops-mimic",
+                                                                                       "challenger") == "1"
+    tags = mlflow.MlflowClient().get_model_version("lmmops-mimic", "1").tags
+    assert tags["teacher_strategy"] == "RS-within-task" and tags["shots"] == "2" and tags["method"] == "mimic"
+    assert float(tags["val_acc_mean"]) == pytest.approx(metrics["val_acc/mean"])
+    assert tags["base_model_version"] == manifest["base_model"]["version"]
+
+    # the pyfunc answers a question on a test image (by path, and by bytes with a task)
+    test_items = load_vqa(workspace / "data", "test")
+    icl_item = next(it for it in test_items if it.question_type == "icl/colour/en")
+    model = mlflow.pyfunc.load_model("models:/lmmops-mimic@champion")
+    answers = model.predict(pd.DataFrame({
+        "image": [str(test_items[0].image_path), icl_item.image_path.read_bytes()],
+        "question": [test_items[0].question, icl_item.question],
+        "task": [None, "icl/colour/en"],
+    }))
+    assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
+    with pytest.raises(ValueError, match="unknown task 'icl/nope'"):
+        model.predict(pd.DataFrame({"image": [str(icl_item.image_path)], "question": ["?"], "task": ["icl/nope"]}))
+
+    # `lmmops report`: the in-context vectors table (zero-shot, k-shot ICL, MimIC), also in --json
+    data = report.collect(project)
+    rows = {r["method"]: r for r in data["vectors"]["rows"]}
+    assert {"zero-shot", "2-shot ICL", "MimIC"} <= set(rows)
+    assert rows["MimIC"]["test_acc"] == pytest.approx(metrics["test_acc/mean"])
+    assert rows["MimIC"]["trainable_params"] == metrics["trainable_params"]
+    assert rows["zero-shot"]["latency_rel"] == 1.0 and rows["MimIC"]["latency_rel"] == info["metrics"]["latency_rel"]
+    assert set(rows["MimIC"]["test_acc_per_pool"]) == set(POOLS)
+
+
+def test_live_stage_with_a_registered_base_resumes_and_respects_the_margin(
+    workspace: Path, project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mlflow
+    import pandas as pd
+
+    from lmmops import tracking
+    from lmmops.data.loaders import load_vqa
+    from lmmops.stages import run_stage
+
+    # the base model is a registered lmmops-base version: the bundle references it instead of carrying it
+    tracking.configure(project)
+    with mlflow.start_run(run_name="bootstrap"):
+        run = tracking.StageRun(mlflow.active_run().info.run_id, "", project)
+        base_version = tracking.register_model(tracking.log_model_dir(run, workspace / "model", "model"),
+                                               "lmmops-base")
+    cfg = _cfg(LiveStageConfig, workspace)
+    first = run_stage("live", cfg, root=project)
+    manifest = json.loads((project / "models/live/manifest.json").read_text())
+    assert manifest["base_model"] == {"name": "lmmops-base", "version": base_version, "registered": True,
+                                      "path": str(workspace / "model")}
+
+    # a second run of the same config resumes every segment (no training step runs) and selects the same;
+    # with a margin it cannot beat, it is the challenger and the champion stays
+    recorder = Recorder(workspace, monkeypatch)
+    steps_run: list[int] = []
+    from lmmops.vectors import train as train_mod
+
+    monkeypatch.setattr(train_mod, "sample_step", lambda *a, **k: steps_run.append(k["step"]) or [])
+    second = run_stage("live", dataclasses.replace(cfg, promote_margin=0.5), root=project)
+    assert steps_run == [] and second == first
+    assert [e[1] for e in recorder.events if e[0] == "distill"] == ["2", "4"] * len(POOLS)
+    assert tracking.alias_version("lmmops-live", "challenger") == "2"
+    assert tracking.alias_version("lmmops-live", "champion") == "1"
+    # margin 0 and an equal score: champion moves (>=)
+    run_stage("live", cfg, root=project)
+    assert tracking.alias_version("lmmops-live", "champion") == tracking.alias_version("lmmops-live",
+                                                                                     "challenger") == "3"
+
+    item = load_vqa(workspace / "data", "test")[0]
+    model = mlflow.pyfunc.load_model("models:/lmmops-live@champion")  # loads models:/lmmops-base/<version>
+    [answer] = model.predict(pd.DataFrame({"image": [str(item.image_path)], "question": [item.question]}))
+    assert isinstance(answer, str)
+
+
+def test_promotion_reads_the_val_accuracy_tags(project: Path) -> None:
+    import mlflow
+
+    from lmmops import tracking
+
+    tracking.configure(project)
+    (project / "artifact").mkdir()
+    (project / "artifact" / "x.txt").write_text("x")
+    with mlflow.start_run():
+        run = tracking.StageRun(mlflow.active_run().info.run_id, "", project)
+        uri = tracking.log_model_dir(run, project / "artifact", "m")
+    versions = [tracking.register_model(uri, "lmmops-test", tags={"val_acc_mean": s}) for s in (0.5, 0.52, 0.6)]
+    assert tracking.promote_by_tag("lmmops-test", versions[0], tag="val_acc_mean", margin=0.05)  # no champion yet
+    assert not tracking.promote_by_tag("lmmops-test", versions[1], tag="val_acc_mean", margin=0.05)  # +0.02 < 0.05
+    assert tracking.alias_version("lmmops-test", "champion") == versions[0]
+    assert tracking.alias_version("lmmops-test", "challenger") == versions[1]
+    assert tracking.promote_by_tag("lmmops-test", versions[2], tag="val_acc_mean", margin=0.05)  # +0.10
+    assert tracking.alias_version("lmmops-test", "champion") == versions[2]
+    untagged = tracking.register_model(uri, "lmmops-test")
+    with pytest.raises(ValueError, match="val_acc_mean"):
+        tracking.promote_by_tag("lmmops-test", untagged, tag="val_acc_mean", margin=0.0)
+
+
+def test_bad_tasks_fail_before_training(workspace: Path, project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lmmops import models
+    from lmmops.stages import run_stage
+
+    def no_model(*a: Any, **k: Any) -> Any:
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(models, "load_model", no_model)
+    monkeypatch.setattr(stage_lib, "distill", no_model)
+    with pytest.raises(ValueError, match=r"live\.tasks: unknown task pool 'icl/colour/fr'.*icl/colour/en"):
+        run_stage("live", _cfg(LiveStageConfig, workspace, tasks=("vqa", "icl/colour/fr")), root=project)
+    with pytest.raises(ValueError, match=r"mimic\.tasks: pool 'icl/colour/en' has 4 train items; 16-shot"):
+        run_stage("mimic", _cfg(MimicStageConfig, workspace, shots=16), root=project)
+
+
+def test_selection_keeps_the_best_val_segment_and_resumes_it(workspace: Path, tmp_path: Path) -> None:
+    from lmmops.data.loaders import load_vqa
+    from lmmops.models import load_model
+    from lmmops.vectors.train import DistillConfig
+
+    model, processor = load_model(workspace / "model")
+    pool = stage_lib.task_pools(load_vqa(workspace / "data", "train"))["vqa"]
+    cfg = DistillConfig(method="live", shots=2, steps=6, batch_size=4, lr=0.05, log_every=1, threads=1)
+    scores = iter([0.2, 0.9, 0.5])
+    seen: list[dict[str, torch.Tensor]] = []
+
+    def fake_val(vectors: Any) -> float:
+        seen.append({k: v.detach().clone() for k, v in vectors.state_dict().items()})
+        return next(scores)
+
+    result = stage_lib.train_and_select(cfg, model, processor, pool, rounds=3, checkpoint_dir=tmp_path,
+                                        evaluate_val=fake_val)
+    assert stage_lib.segment_ends(6, 3) == [2, 4, 6] and stage_lib.segment_ends(2, 3) == [1, 2]
+    assert result.step == 4 and result.val_acc == 0.9 and [r["step"] for r in result.rounds] == [2.0, 4.0, 6.0]
+    assert all(torch.equal(v, seen[1][k]) for k, v in result.vectors.state_dict().items())
+    assert not torch.equal(seen[0]["vectors"], seen[2]["vectors"])  # training moved the vectors
+
+    # resumed after the last segment: each segment end's vectors come back from its snapshot
+    again: list[dict[str, torch.Tensor]] = []
+    stage_lib.train_and_select(cfg, model, processor, pool, rounds=3, checkpoint_dir=tmp_path,
+                               evaluate_val=lambda v: again.append(dict(v.state_dict())) or 0.0)
+    assert all(torch.equal(a[k], s[k]) for a, s in zip(again, seen, strict=True) for k in s)
+
+
+def test_bundle_refuses_another_base_model(workspace: Path, tmp_path: Path) -> None:
+    from lmmops.models import adapter_for, load_model
+    from lmmops.vectors import LiveVectors, VectorMismatchError
+    from lmmops.vectors.bundle import BaseModelRef, fingerprint_version, load_bundle, save_bundle
+
+    model, processor = load_model(workspace / "model")
+    vectors = {"vqa": LiveVectors.for_adapter(adapter_for(model, processor)),
+               "icl/colour/en": LiveVectors.for_adapter(adapter_for(model, processor), seed=1)}
+    version = fingerprint_version(model, processor)
+    out = save_bundle(tmp_path / "b", vectors, model, method="live", base=BaseModelRef("m", version, False),
+                      shots=2, val_acc={"vqa": 0.5, "icl/colour/en": 0.7})
+    bundle = load_bundle(out, model, processor, base_model="m", base_model_version=version)
+    assert bundle.pools == ["vqa", "icl/colour/en"] and bundle.default_pool == "vqa"
+    assert bundle.manifest["val_acc_mean"] == pytest.approx(0.6)
+    assert torch.equal(bundle.vectors["icl/colour/en"].vectors, vectors["icl/colour/en"].vectors)
+    with pytest.raises(VectorMismatchError, match=r"base_model_version: 'sha:.*' vs 'sha:other'"):
+        load_bundle(out, model, processor, base_model="m", base_model_version="sha:other")
+    with pytest.raises(ValueError, match="mimic"):
+        save_bundle(tmp_path / "c", vectors, model, method="mimic", base=BaseModelRef("m", version, False), shots=2,
+                    val_acc={"vqa": 0.5, "icl/colour/en": 0.7})
+    assert not (tmp_path / "c").exists() and not list(tmp_path.glob(".c.tmp-*"))
