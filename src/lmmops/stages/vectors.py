@@ -103,6 +103,7 @@ def run_vector_stage(cfg: VectorStageConfig, ctx: StageContext) -> dict[str, flo
     from lmmops.models import load_model
     from lmmops.vectors import stage_lib as lib
     from lmmops.vectors.bundle import read_manifest, save_bundle
+    from lmmops.vectors.distributed import launch_device
 
     method = cfg.method
     torch.set_num_threads(cfg.threads)
@@ -114,7 +115,8 @@ def run_vector_stage(cfg: VectorStageConfig, ctx: StageContext) -> dict[str, flo
     dcfg = distill_config(cfg, ctx)
     version = data_version(ctx, data_dir)
     spec = _model_spec(cfg.model, ctx)
-    model, processor = load_model(spec)
+    # cuda:LOCAL_RANK on a GPU host (one process per GPU under torchrun / the deepspeed launcher), else cpu.
+    model, processor = load_model(spec, device=launch_device())
     base, base_dir = base_reference(cfg, ctx, spec, model, processor)
     log.info("%s: pools %s; base model %s version %s", method, {p: len(v["train"]) for p, v in pools.items()},
              base.name, base.version)

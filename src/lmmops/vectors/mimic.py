@@ -11,10 +11,11 @@ the attention output before o_proj, for query position i:
     logZ2_i = logsumexp_j (q_i . k_j / sqrt(d_h))   over exactly the keys query i attends to,
 
 with q, k as the attention function receives them (after RoPE / M-RoPE and q/k norms, k after repeat_kv).
-It runs through the "lmmops_mimic" attention function (`lmmops.vectors.attention`, which lists the path per
-family): SA and logZ2 come from the same scores, so the causal, padding and sliding-window masks are the
-attention's own, in training and in cached decoding. The scale used is the model's own `scaling` (1/sqrt(d_h)
-in every covered family). The base model is frozen while attached.
+It runs through the "lmmops_mimic" attention function (`lmmops.vectors.attention`, which lists the kernel
+per device and the families): SA and logZ2 come from the same pass (a fused kernel returning its log-sum-exp
+in inference and generation, materialised scores when training needs the gradient through logZ2), so the
+causal, padding and sliding-window masks are the attention's own, in training and in cached decoding. The
+scale used is the model's own `scaling` (1/sqrt(d_h) in every covered family). The base model is frozen while attached.
 
 Positions: logZ2 = logsumexp(q.k) depends only on relative positions, but logZ1 = w.q + b reads q after
 RoPE, i.e. its absolute position. A left-padded row therefore gets the same shift as the same prompt alone
@@ -30,7 +31,8 @@ lm_weight (0.5) times the student's answer LM loss. `aligned_hidden` picks those
 Run: `python -m pytest tests/vectors -q`; the training stage (issue 6, part 2) calls these.
 
 Departures from the reference: logZ2 is masked like the attention (the reference takes it over all keys,
-unmasked, in training, and causally when decoding); the scores are computed eager-style (see attention.py).
+unmasked, in training, and causally when decoding); training computes the scores eager-style (see
+attention.py), inference uses the fused kernel.
 """
 
 from __future__ import annotations
@@ -69,14 +71,40 @@ class MimicShift:
     def __init__(self, vectors: MimicVectors, layer: int):
         self.vectors = vectors
         self.layer = layer
+        # (parameters, their data pointers, (w, b, v) views): see `_parameters`
+        self._views: tuple[tuple[nn.Parameter, ...], tuple[int, ...], tuple[torch.Tensor, ...]] | None = None
+
+    def _parameters(self) -> tuple[torch.Tensor, ...]:
+        """This layer's w (H, 1, d_h), b (H, 1, 1), v (H, 1, d_h) in float32.
+
+        Without autograd and for float32 parameters these are views of the parameters (so in-place updates
+        show through), made once instead of on every decoding step and kept while the parameters are the same
+        objects on the same storage (`.to()`, `.data =` rebuild them); otherwise they are rebuilt per call.
+        """
+        vec, layer = self.vectors, self.layer
+        params = (vec.weight, vec.bias, vec.shift)
+        cacheable = not torch.is_grad_enabled() and all(p.dtype == torch.float32 for p in params)
+        ptrs = tuple(p.data_ptr() for p in params) if cacheable else ()
+        cached = self._views
+        if cacheable and cached is not None and cached[1] == ptrs and all(
+            a is b for a, b in zip(cached[0], params, strict=True)
+        ):
+            return cached[2]
+        w = vec.weight[layer].float()[:, None, :]
+        b = vec.bias[layer].float()[:, None, None]
+        v = vec.shift[layer].float()[:, None, :]
+        self._views = (params, ptrs, (w, b, v)) if cacheable else None
+        return w, b, v
 
     def __call__(self, call: AttentionCall) -> torch.Tensor:
-        v = self.vectors.shift[self.layer].float()  # (H, d_h)
-        w = self.vectors.weight[self.layer].float()
-        b = self.vectors.bias[self.layer].float()
-        log_z1 = torch.einsum("bhqd,hd->bhq", call.query.float(), w) + b[None, :, None]
-        mu = torch.sigmoid(log_z1 - call.lse)
-        return call.output + (mu[..., None] * v[None, :, None, :]).to(call.output.dtype)
+        # on the decoding hot path (every layer, every step): few ops, no einsum parsing, no copies in float32
+        w, b, v = self._parameters()
+        log_z1 = (call.query.float() * w).sum(-1, keepdim=True)  # (B, H, q, 1): w . q_i per head
+        mu = torch.sigmoid(log_z1 + (b - call.lse[..., None]))
+        output = call.output
+        if output.dtype == torch.float32:
+            return torch.addcmul(output, mu, v)
+        return output + (mu * v).to(output.dtype)
 
 
 @contextmanager
