@@ -13,14 +13,8 @@ import pytest
 import torch
 
 from lmmops.config import (
-    BootstrapConfig,
-    GenerateConfig,
     ICLEvalConfig,
     IndexConfig,
-    MathGenConfig,
-    MultimodalMathGenConfig,
-    SokobanGenConfig,
-    VQAGenConfig,
 )
 from lmmops.data.loaders import load_vqa
 from lmmops.data.schemas import VQAAnswer
@@ -31,33 +25,17 @@ from lmmops.icl.index import StaleIndexError
 from lmmops.icl.inference import ICLRunner
 from lmmops.icl.retrieval import Retriever
 
+from testutil import tiny_project
+
 torch.set_num_threads(1)
 
-TINY_MODEL = BootstrapConfig(text_hidden=32, text_layers=1, text_heads=2, text_kv_heads=1, text_intermediate=64,
-                             vision_hidden=16, vision_layers=1, vision_heads=1, vision_intermediate=32, steps=2,
-                             batch_size=4, max_shots=2, vqa_pack=2, extra_reasoning_rows=0, log_every=1)
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Generated test-size data and a saved test-size LLaVA (2 training steps) with its word tokenizer."""
-    from lmmops.data import generate_all
-    from lmmops.models.bootstrap import train
-
     root = tmp_path_factory.mktemp("icl")
-    cfg = GenerateConfig(
-        out_dir="data",
-        vqa=VQAGenConfig(train=60, val=4, test=16),
-        deepscaler=MathGenConfig(train=4, test=2),
-        multimodal=MultimodalMathGenConfig(multimath_train=1, multimath_test=1, geo_train=1, geo_test=1,
-                                           perce_reason_train=1, perce_reason_test=1),
-        sokoban=SokobanGenConfig(train=1, test=1, sizes=(6,), num_boxes=(1,)),
-    )
-    generate_all(cfg, root=root, progress=False)
-    result = train(TINY_MODEL, root / "data", None, progress=False)
-    result.model.save_pretrained(root / "model")
-    result.processor.save_pretrained(root / "model")
-    return root
+    return tiny_project(root, vqa=(60, 4, 16))
 
 
 @pytest.fixture(scope="module")

@@ -19,43 +19,21 @@ import pytest
 import torch
 
 from lmmops.config import (
-    BootstrapConfig,
-    GenerateConfig,
     LiveStageConfig,
-    MathGenConfig,
     MimicStageConfig,
-    MultimodalMathGenConfig,
-    SokobanGenConfig,
-    VQAGenConfig,
 )
 from lmmops.vectors import stage_lib
 
-TINY_MODEL = BootstrapConfig(text_hidden=32, text_layers=1, text_heads=2, text_kv_heads=1, text_intermediate=64,
-                             vision_hidden=16, vision_layers=1, vision_heads=1, vision_intermediate=32, steps=2,
-                             batch_size=4, max_shots=2, vqa_pack=2, extra_reasoning_rows=0, log_every=1)
+from testutil import tiny_project
+
 POOLS = ("icl/colour/en", "vqa")
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Generated test-size data (every pool has train, val and test items) and a saved test-size LLaVA."""
-    from lmmops.data import generate_all
-    from lmmops.models.bootstrap import train
-
     root = tmp_path_factory.mktemp("vector-stages")
-    cfg = GenerateConfig(
-        out_dir="data",
-        vqa=VQAGenConfig(train=60, val=20, test=20),
-        deepscaler=MathGenConfig(train=4, test=2),
-        multimodal=MultimodalMathGenConfig(multimath_train=1, multimath_test=1, geo_train=1, geo_test=1,
-                                           perce_reason_train=1, perce_reason_test=1),
-        sokoban=SokobanGenConfig(train=1, test=1, sizes=(6,), num_boxes=(1,)),
-    )
-    generate_all(cfg, root=root, progress=False)
-    result = train(TINY_MODEL, root / "data", None, progress=False)
-    result.model.save_pretrained(root / "model")
-    result.processor.save_pretrained(root / "model")
-    return root
+    return tiny_project(root, vqa=(60, 20, 20))
 
 
 def _cfg(cls: type, workspace: Path, **kw: Any) -> Any:
