@@ -287,3 +287,35 @@ def test_bundle_refuses_another_base_model(workspace: Path, tmp_path: Path) -> N
         save_bundle(tmp_path / "c", vectors, model, method="mimic", base=BaseModelRef("m", version, False), shots=2,
                     val_acc={"vqa": 0.5, "icl/colour/en": 0.7})
     assert not (tmp_path / "c").exists() and not list(tmp_path.glob(".c.tmp-*"))
+
+
+def test_nan_loss_fails_the_stage_run_and_keeps_the_last_good_checkpoint(
+    workspace: Path, project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mlflow
+
+    from lmmops import tracking
+    from lmmops.stages import run_stage
+    from lmmops.vectors import train as train_mod
+    from lmmops.vectors.train import NonFiniteLossError
+
+    calls = {"n": 0}
+    live_loss = train_mod.live_loss
+
+    def nan_at_step_3(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        parts = live_loss(*args, **kwargs)
+        return parts._replace(total=parts.total * float("nan")) if calls["n"] == 3 else parts
+
+    monkeypatch.setattr(train_mod, "live_loss", nan_at_step_3)
+    cfg = _cfg(LiveStageConfig, workspace, tasks=("icl/colour/en",), checkpoint_dir="checkpoints/nan")
+    with pytest.raises(NonFiniteLossError, match="step 3"):
+        run_stage("live", cfg, root=project)
+    # the checkpoint of the last good step is on disk; the MLflow run of the stage is FAILED
+    (ckpt,) = (project / "checkpoints/nan").glob("*/last.pt")
+    assert torch.load(ckpt, weights_only=True)["step"] == 2
+    tracking.configure(project)
+    [latest] = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`lmmops.stage` = 'live'",
+                                  order_by=["attributes.start_time DESC"], max_results=1, output_format="list")
+    assert latest.info.status == "FAILED"
+    assert not (project / "models/live").exists() or (project / "models/live/manifest.json").is_file()
