@@ -21,7 +21,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 
@@ -246,9 +246,7 @@ class VectorStageConfig:
     threads: int = 1
     deepspeed: str | None = None  # DeepSpeed JSON config for distill (infra/deepspeed/zero2.json); None: plain
 
-    @property
-    def method(self) -> str:
-        raise NotImplementedError
+    method: ClassVar[str] = ""  # "live" | "mimic", set by the subclass (not a params.yaml key)
 
 
 @dataclass(frozen=True)
@@ -260,10 +258,7 @@ class LiveStageConfig(VectorStageConfig):
     checkpoint_dir: str = "checkpoints/live"
     registered_name: str = "lmmops-live"
     alpha_lr: float = 1e-2
-
-    @property
-    def method(self) -> str:
-        return "live"
+    method: ClassVar[str] = "live"
 
 
 @dataclass(frozen=True)
@@ -274,10 +269,7 @@ class MimicStageConfig(VectorStageConfig):
     report_dir: str = "reports/mimic"
     checkpoint_dir: str = "checkpoints/mimic"
     registered_name: str = "lmmops-mimic"
-
-    @property
-    def method(self) -> str:
-        return "mimic"
+    method: ClassVar[str] = "mimic"
 
 
 # ----------------------------------------------------------------------------------------------------
