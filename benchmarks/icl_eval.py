@@ -7,14 +7,16 @@ Run: .venv/bin/python benchmarks/icl_eval.py [--model models/base] [--data data]
 What it measures: the same prompts (random demonstrations from the train split for `--queries` test
 queries) through `lmmops.icl.inference.ICLRunner.predict` (batched greedy generation, stopping at the item
 separator), once with the vision encoder running on every image of every prompt (uncached) and once with
-the support images' features read from a `DemoFeatureCache` (cached: only the query images are encoded).
+the support images' features read from a `DemoFeatureCache` (cached: only the query images are encoded, and,
+for LLaVA, only they go through the image processor; the demo images' tokens are written from their size).
 Both paths produce the same answers (checked). Columns:
   uncached ex/s, cached ex/s    examples (prompts) per second, best of `--repeats`
   speed-up                      cached / uncached
   vision share                  the share of the uncached time spent inside the vision encoder's forward
                                 (timed with forward hooks on the adapter's `vision_model`)
   ideal                         1 / (1 - share x demo images / all images): the speed-up if every demo
-                                image's encoding cost vanished and nothing else changed
+                                image's encoding cost vanished and nothing else changed (the cached path
+                                also skips the demo images' preprocessing, so it can beat this)
   recovered                     (1 - 1/speed-up) / (share x demo share): the part of the removable vision
                                 time that the cache actually removes
 The cache build time (once per support set, in the `index` stage) is printed separately.

@@ -112,6 +112,28 @@ def test_cached_inference_encodes_query_images_only_and_matches(loaded: tuple) -
     assert images_cached == len({q.image_path for q in queries}) == runner.vision_images_encoded  # queries only
 
 
+def test_prompts_without_cached_pixels_have_the_processor_ids(loaded: tuple) -> None:
+    from lmmops.models import ICLItem, adapter_for
+
+    model, processor, support, test = loaded
+    adapter = adapter_for(model, processor)
+    assert adapter.skips_unneeded_pixels  # the test-size model is a LLaVA
+    items = [ICLItem(embedder_image(it.image_path), it.question, it.multiple_choice_answer) for it in support[:3]]
+    queries = [ICLItem(embedder_image(it.image_path), it.question) for it in test[:2]]
+    specs = [(items, queries[0]), (items[:1], queries[1])]
+    need = [[False, True, False, True], [False, True]]
+    for side in ("left", "right"):
+        full = adapter.build_prompts(specs, padding_side=side)
+        skipped = adapter.build_prompts(specs, padding_side=side, need_pixels=need)
+        assert torch.equal(skipped.input_ids, full.input_ids)
+        assert torch.equal(skipped.attention_mask, full.attention_mask)
+        assert skipped.query_spans == full.query_spans and skipped.demo_spans == full.demo_spans
+        # pixel rows of the flagged images only, in prompt order (full: demo0 demo1 demo2 q0 demo0 q1)
+        torch.testing.assert_close(skipped.inputs["pixel_values"], full.inputs["pixel_values"][[1, 3, 5]])
+    with pytest.raises(ValueError, match="one flag per image"):
+        adapter.build_prompts(specs, need_pixels=[[True], [True, True]])
+
+
 def test_cached_logits_equal_uncached(loaded: tuple) -> None:
     from lmmops.models import ICLItem, adapter_for
 

@@ -19,7 +19,7 @@ from lmmops.config import (
     SokobanGenConfig,
     VQAGenConfig,
 )
-from lmmops.models.bootstrap import build_processor, corpus_texts, load_corpora, train
+from lmmops.models.bootstrap import build_processor, combine_losses, corpus_texts, load_corpora, train
 
 # A test-size model and run: same code path as the default, a few seconds of training.
 TINY = BootstrapConfig(
@@ -71,6 +71,16 @@ def test_word_tokenizer_round_trips_the_reasoning_format(data_dir: Path) -> None
     assert tok.unk_token_id not in ids
     assert tok.decode(ids, skip_special_tokens=True) == text
     assert len(tok("Short answer: bravo", add_special_tokens=False)["input_ids"]) == 4  # answers are whole words
+
+
+def test_combine_losses_hand_computed() -> None:
+    losses = {"icl": torch.tensor(2.0), "vqa": torch.tensor(1.0), "reasoning": torch.tensor(4.0),
+              "separator": torch.tensor(0.5)}
+    assert combine_losses(losses).item() == pytest.approx((2 + 1 + 4) / 3 + 0.5)
+    assert combine_losses(losses, icl_weight=2.0).item() == pytest.approx((2 * 2 + 1 + 4) / 4 + 0.5)
+    assert combine_losses({"vqa": torch.tensor(3.0)}, icl_weight=5.0).item() == pytest.approx(3.0)
+    with pytest.raises(ValueError, match="no loss groups"):
+        combine_losses({"separator": torch.tensor(1.0)})
 
 
 def test_tiny_bootstrap_trains_and_loss_decreases(data_dir: Path, tmp_path: Path) -> None:

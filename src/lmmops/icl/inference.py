@@ -82,6 +82,10 @@ class ICLRunner:
         (from the pixel values the prompt batch already holds, where the family allows)."""
         assert self.cache is not None
         order = [it.image_path for row in batch_items for it in row]
+        # Positions of the uncached images among the images whose pixels the batch holds: all of them, or only
+        # the uncached ones where the adapter left the cached images out of the image processing.
+        pixel_rows = {p: i for i, p in enumerate(
+            p for p in order if not (self.adapter.skips_unneeded_pixels and image_key(p) in self.cache))}
         first: dict[str, int] = {}
         for position, p in enumerate(order):
             if image_key(p) not in self.cache:
@@ -89,7 +93,8 @@ class ICLRunner:
         fresh: dict[str, torch.Tensor] = {}
         if first:
             positions = list(first.values())
-            feats = self.adapter.batch_image_features(inputs, positions, [self._image(order[i]) for i in positions])
+            feats = self.adapter.batch_image_features(inputs, [pixel_rows[order[i]] for i in positions],
+                                                      [self._image(order[i]) for i in positions])
             self.vision_images_encoded += len(positions)
             fresh = dict(zip(first, feats, strict=True))
         features = [fresh[k] if k in fresh else self.cache.get(k) for k in map(image_key, order)]
@@ -98,7 +103,10 @@ class ICLRunner:
     @torch.no_grad()
     def _generate(self, prompts: Sequence[Prompt], instruction: str | None) -> list[str]:
         specs = [([self._item(d, True) for d in demos], self._item(q, False)) for demos, q in prompts]
-        batch = self.adapter.build_prompts(specs, instruction=instruction, padding_side="left")
+        # With the cache, cached images need no pixel values (their features are read, not encoded).
+        need = None if self.cache is None else [
+            [image_key(it.image_path) not in self.cache for it in [*demos, q]] for demos, q in prompts]
+        batch = self.adapter.build_prompts(specs, instruction=instruction, padding_side="left", need_pixels=need)
         device = next(self.model.parameters()).device
         batch = batch.to(device)
         kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "do_sample": False,

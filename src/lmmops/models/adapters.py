@@ -32,7 +32,10 @@ image, the embeddings the language model reads at that image's image tokens (vis
 connector, one image per call row so that each image's features stand alone), and
 `embed_with_image_features(input_ids, features)` writes them into the token embeddings at the image-token
 positions, in prompt order, exactly as the model's own forward does; `model(inputs_embeds=...)` then skips
-the vision encoder. Supported (`supports_feature_cache`) for llava, idefics2 and idefics3, whose forward
+the vision encoder. With `build_prompts(need_pixels=...)` LLaVA also leaves the cached images out of the image
+processor (`skips_unneeded_pixels`: its image tokens depend on the image size only, so the prompt's ids are built
+by parts); the other families still process every image. Supported (`supports_feature_cache`) for llava,
+idefics2 and idefics3, whose forward
 merges image features by a masked scatter at the image token. Not for idefics (gated cross-attention reads
 the image states inside every layer) nor qwen2_vl/qwen2_5_vl (their M-RoPE position ids are computed from
 input_ids and image_grid_thw inside the forward, which inputs_embeds would bypass): those raise
@@ -89,10 +92,16 @@ class ModelAdapter:
     vision_model_path: ClassVar[tuple[str, ...]] = ()  # the vision encoder (counted by tests/benchmarks)
     has_image_features: ClassVar[bool] = False  # `image_features` works (get_image_features, one image a row)
     supports_feature_cache: ClassVar[bool] = False  # `embed_with_image_features` + inputs_embeds is exact
+    # `build_prompts(need_pixels=...)` leaves the unneeded images out of the image processing (their image tokens
+    # stay); families without it process every image whatever `need_pixels` says.
+    skips_unneeded_pixels: ClassVar[bool] = False
 
     def __init__(self, model: nn.Module, processor: Any = None):
         self.model = model
         self.processor = processor
+        # Token ids of a query (image + text) alone, by (text, image size and mode): the span check of every
+        # prompt needs them, and processing the query image again per prompt cost ~7% of a batch's time.
+        self._query_ids: dict[tuple[str, tuple[int, int], str], list[int]] = {}
 
     def __repr__(self) -> str:
         return (
@@ -249,12 +258,16 @@ class ModelAdapter:
         padding_side: str = "left",
         processor: Any = None,
         close_answer: bool = False,
+        need_pixels: Sequence[Sequence[bool]] | None = None,
     ) -> PromptBatch:
         """A padded batch of prompts (left padding by default, for generation), spans per row.
 
         `close_answer` (with `with_answer`) puts the item separator after the query's answer and counts it in the
         answer span: training targets that include where an answer ends, i.e. the token at which inference
         stops generating (as every demonstration's answer is followed by it).
+        `need_pixels` (per prompt, one flag per image: demos then query) marks the images whose pixel values the
+        caller needs; where the family `skips_unneeded_pixels`, `pixel_values` then holds the flagged images only,
+        in prompt order (the demo feature cache supplies the others' features), and the token ids are the same.
         """
         processor = processor if processor is not None else self.processor
         if processor is None:
@@ -268,9 +281,11 @@ class ModelAdapter:
             self._check_items([*demos, query])
         if close_answer and not with_answer:
             raise ValueError("close_answer needs with_answer=True")
+        if need_pixels is not None and [len(f) for f in need_pixels] != [len(d) + 1 for d, _ in parsed]:
+            raise ValueError("need_pixels needs one flag per image of each prompt (its demos, then its query)")
         return self._build(
             processor, parsed, with_answer=with_answer, instruction=instruction, padding_side=padding_side,
-            close_answer=close_answer,
+            close_answer=close_answer, need_pixels=need_pixels,
         )
 
     def _check_items(self, items: list[ICLItem]) -> None:
@@ -293,8 +308,10 @@ class ModelAdapter:
     def _text(self, segments: list[Segment]) -> str:
         return "".join(s if isinstance(s, str) else self.image_placeholder for s in segments)
 
-    def _encode(self, processor: Any, rows: list[list[Segment]], padding_side: str) -> dict[str, Any]:
-        """One processor call for several rows of segments (family-specific in Idefics v1)."""
+    def _encode(self, processor: Any, rows: list[list[Segment]], padding_side: str,
+                need_pixels: Sequence[Sequence[bool]] | None = None) -> dict[str, Any]:
+        """One processor call for several rows of segments (family-specific in Idefics v1); every image is
+        processed (`need_pixels` is honoured only by families that `skips_unneeded_pixels`)."""
         texts = [self._text(row) for row in rows]
         images = [[s for s in row if not isinstance(s, str)] for row in rows]
         kwargs: dict[str, Any] = {"text": texts, "padding": True, "padding_side": padding_side, "return_tensors": "pt"}
@@ -305,6 +322,18 @@ class ModelAdapter:
     def _ids(self, processor: Any, segments: list[Segment]) -> list[int]:
         return self._encode(processor, [segments], "right")["input_ids"][0].tolist()
 
+    def _query_alone(self, processor: Any, query: ICLItem, text: str) -> list[int]:
+        """Token ids of the query's image and `text` processed alone. Memoised by text and image size/mode for
+        the adapter's own processor: in every covered family the image tokens depend on the image's size,
+        never on its pixels."""
+        image = query.image
+        if processor is not self.processor or image is None:
+            return self._ids(processor, [image, text] if image is not None else [text])
+        key = (text, image.size, image.mode)
+        if key not in self._query_ids:
+            self._query_ids[key] = self._ids(processor, [image, text])
+        return self._query_ids[key]
+
     def _build(
         self,
         processor: Any,
@@ -314,10 +343,11 @@ class ModelAdapter:
         instruction: str | None,
         padding_side: str,
         close_answer: bool = False,
+        need_pixels: Sequence[Sequence[bool]] | None = None,
     ) -> PromptBatch:
         rows = [self._segments(d, q, with_answer=with_answer, instruction=instruction, close_answer=close_answer)
                 for d, q in parsed]
-        inputs = self._encode(processor, rows, padding_side)
+        inputs = self._encode(processor, rows, padding_side, need_pixels)
         lead = self._ids(processor, [""])  # what the processor puts before any text (BOS or nothing)
         prefix_ids = self._ids(processor, [instruction_text(instruction)]) if instruction else lead
         tokenizer = processor.tokenizer
@@ -325,7 +355,7 @@ class ModelAdapter:
         for r, (_demos, query) in enumerate(parsed):
             start, end = _row_bounds(inputs["attention_mask"][r])
             row = inputs["input_ids"][r, start:end].tolist()
-            query_full = self._ids(processor, [query.image, _query_text(query, with_answer, close_answer)])  # type: ignore[list-item]
+            query_full = self._query_alone(processor, query, _query_text(query, with_answer, close_answer))
             if query_full[: len(lead)] != lead:
                 raise PromptAlignmentError(f"{self.family}: the processor's leading tokens changed: {lead}")
             query_ids = query_full[len(lead) :]
@@ -394,7 +424,8 @@ class IdeficsAdapter(ModelAdapter):
     live_site = "layer_output"
     text_model_path = ("model",)
 
-    def _encode(self, processor: Any, rows: list[list[Segment]], padding_side: str) -> dict[str, Any]:
+    def _encode(self, processor: Any, rows: list[list[Segment]], padding_side: str,
+                need_pixels: Sequence[Sequence[bool]] | None = None) -> dict[str, Any]:
         # IdeficsProcessor takes the interleaved list itself and strips spaces around text items.
         rows = [[s for s in row if not (isinstance(s, str) and s == "")] for row in rows]
         return dict(processor(text=rows, padding="longest", padding_side=padding_side, return_tensors="pt"))
@@ -448,6 +479,33 @@ class LlavaAdapter(ModelAdapter):
     vision_model_path = ("model", "vision_tower")
     has_image_features = True
     supports_feature_cache = True
+    skips_unneeded_pixels = True
+
+    def _encode(self, processor: Any, rows: list[list[Segment]], padding_side: str,
+                need_pixels: Sequence[Sequence[bool]] | None = None) -> dict[str, Any]:
+        """LlavaProcessor = image placeholder expanded to a fixed number of image tokens per image size, then the
+        tokenizer, plus the image processor: done here by parts so that unneeded images skip the image processor
+        (the cached ICL path). The ids equal the processor's (tested)."""
+        if need_pixels is None or all(all(flags) for flags in need_pixels):
+            return super()._encode(processor, rows, padding_side)
+        texts = ["".join(s if isinstance(s, str) else self._image_tokens(processor, s) for s in row) for row in rows]
+        out = dict(processor.tokenizer(texts, padding=True, padding_side=padding_side, return_tensors="pt"))
+        images = [im for row, flags in zip(rows, need_pixels, strict=True)
+                  for im, needed in zip([s for s in row if not isinstance(s, str)], flags, strict=True) if needed]
+        if images:
+            out.update(processor.image_processor(images, return_tensors="pt"))
+        return out
+
+    def _image_tokens(self, processor: Any, image: Image) -> str:
+        """The image tokens LlavaProcessor puts in place of one image of this size (its count is learned from
+        one processor call per size)."""
+        memo = self.__dict__.setdefault("_image_token_text", {})
+        key = (id(processor), image.size)
+        if key not in memo or memo[key][0] is not processor:  # the processor is kept, so its id is not reused
+            ids = self._encode(processor, [[image]], "right")["input_ids"][0]
+            token = processor.image_token
+            memo[key] = (processor, token * int((ids == processor.tokenizer.convert_tokens_to_ids(token)).sum()))
+        return memo[key][1]
 
     @torch.no_grad()
     def batch_image_features(self, inputs: dict[str, Any], positions: Sequence[int],
@@ -501,6 +559,7 @@ class LlamaAdapter(ModelAdapter):
         instruction: str | None,
         padding_side: str,
         close_answer: bool = False,
+        need_pixels: Sequence[Sequence[bool]] | None = None,  # text-only: no images
     ) -> PromptBatch:
         tokenizer = getattr(processor, "tokenizer", processor)
         texts: list[str] = []

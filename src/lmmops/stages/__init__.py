@@ -122,6 +122,12 @@ class StageContext:
         p = Path(relative)
         return p if p.is_absolute() else self.root / p
 
+    def model_spec(self, spec: str) -> str:
+        """A `load_model` spec from params.yaml: URIs and `tiny:` as they are, a directory relative to the root."""
+        if spec.startswith("tiny:") or "://" in spec or spec.startswith(("models:/", "runs:/")):
+            return spec
+        return str(self.path(spec))
+
 
 def metrics_path(root: Path, stage: str) -> Path:
     return Path(root) / "metrics" / f"{stage}.json"

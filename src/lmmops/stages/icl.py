@@ -46,12 +46,6 @@ def data_version(ctx: StageContext, data_dir: Path) -> str:
     return "unversioned:" + str(data_dir.resolve())
 
 
-def _model_spec(spec: str, ctx: StageContext) -> str:
-    if spec.startswith("tiny:") or "://" in spec or spec.startswith(("models:/", "runs:/")):
-        return spec
-    return str(ctx.path(spec))
-
-
 def _embedders(kind: str, model: Any, processor: Any, batch_size: int) -> tuple[Any, Any]:
     from lmmops.icl import ModelImageEmbedder, PixelImageEmbedder, TextEmbedder
 
@@ -71,7 +65,7 @@ def index(cfg: IndexConfig, ctx: StageContext) -> dict[str, float]:
     data_dir = ctx.path(cfg.data_dir)
     support = load_vqa(data_dir, cfg.support_split)
     version = data_version(ctx, data_dir)
-    model, processor = load_model(_model_spec(cfg.model, ctx))
+    model, processor = load_model(ctx.model_spec(cfg.model))
     text, image = _embedders(cfg.image_embedder, model, processor, cfg.batch_size)
     retriever = Retriever(support, text_embedder=text, image_embedder=image, index_kind=cfg.kind, data_version=version)
 
@@ -152,7 +146,7 @@ def icl_eval(cfg: ICLEvalConfig, ctx: StageContext) -> dict[str, float]:
     queries = load_vqa(data_dir, cfg.query_split)
     if cfg.max_queries:
         queries = queries[: cfg.max_queries]
-    model, processor = load_model(_model_spec(cfg.model, ctx))
+    model, processor = load_model(ctx.model_spec(cfg.model))
     text, image = _embedders(summary["image_embedder"], model, processor, 64)
     retriever = Retriever(support, text_embedder=text, image_embedder=image, data_version=version)
     indexes = {space: VectorIndex.load(index_dir / space, embedder_name=retriever.index_name(space),

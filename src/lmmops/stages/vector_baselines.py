@@ -64,7 +64,7 @@ def vector_baselines(cfg: VectorBaselinesConfig, ctx: StageContext) -> dict[str,
 
     from lmmops.data.loaders import load_vqa
     from lmmops.models import load_model
-    from lmmops.stages.icl import _model_spec, data_version
+    from lmmops.stages.icl import data_version
     from lmmops.vectors import baselines as bl
 
     torch.set_num_threads(cfg.threads)
@@ -76,7 +76,7 @@ def vector_baselines(cfg: VectorBaselinesConfig, ctx: StageContext) -> dict[str,
              if not pools[name]]
     if empty:
         raise ValueError(f"vector-baselines: pools without items: {', '.join(empty)}; narrow `tasks`")
-    model, processor = load_model(_model_spec(cfg.model, ctx))
+    model, processor = load_model(ctx.model_spec(cfg.model))
     gen = {"batch_size": cfg.batch_size, "max_new_tokens": cfg.max_new_tokens}
 
     def plain(items: list[Any]) -> dict[str, float]:

@@ -41,7 +41,7 @@ from typing import Any
 from lmmops import tracking
 from lmmops.config import LiveStageConfig, MimicStageConfig, VectorStageConfig, to_dict
 from lmmops.stages import StageContext, write_json_atomic
-from lmmops.stages.icl import _model_spec, data_version
+from lmmops.stages.icl import data_version
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def run_vector_stage(cfg: VectorStageConfig, ctx: StageContext) -> dict[str, flo
     pools = lib.select_pools(splits, cfg.tasks, shots=cfg.shots, where=f"{method}.tasks")
     dcfg = distill_config(cfg, ctx)
     version = data_version(ctx, data_dir)
-    spec = _model_spec(cfg.model, ctx)
+    spec = ctx.model_spec(cfg.model)
     # cuda:LOCAL_RANK on a GPU host (one process per GPU under torchrun / the deepspeed launcher), else cpu.
     model, processor = load_model(spec, device=launch_device())
     base, base_dir = base_reference(cfg, ctx, spec, model, processor)
