@@ -132,8 +132,8 @@ class BootstrapConfig:
     vision_heads: int = 2
     vision_intermediate: int = 128
     # optimisation
-    steps: int = 720
-    batch_size: int = 64
+    steps: int = 1440
+    batch_size: int = 32
     lr: float = 5e-4
     weight_decay: float = 0.01
     warmup_steps: int = 20
@@ -146,7 +146,7 @@ class BootstrapConfig:
     max_shots: int = 8  # demonstrations per ICL training episode
     vqa_pack: int = 6  # ordinary VQA questions packed into one row
     reasoning_pack: int = 1  # reasoning examples (text or multimodal) packed into one row
-    icl_loss_weight: float = 1.0  # weight of the ICL episodes' loss against each other group's (weight 1)
+    icl_loss_weight: float = 2.0  # weight of the ICL episodes' loss against each other group's (weight 1)
     # extra text reasoning rows drawn from the DeepScaler generator (fresh seed, test problems excluded)
     extra_reasoning_rows: int = 4000
     # bookkeeping
