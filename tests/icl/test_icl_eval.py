@@ -134,6 +134,21 @@ def test_prompts_without_cached_pixels_have_the_processor_ids(loaded: tuple) -> 
         adapter.build_prompts(specs, need_pixels=[[True], [True, True]])
 
 
+def test_query_ids_memo_is_bounded_and_exact(loaded: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lmmops.models import ICLItem, adapter_for
+    from lmmops.models import adapters
+
+    model, processor, support, test = loaded
+    monkeypatch.setattr(adapters, "QUERY_IDS_MEMO", 2)
+    adapter = adapter_for(model, processor)
+    demos = [ICLItem(embedder_image(it.image_path), it.question, it.multiple_choice_answer) for it in support[:2]]
+    queries = [ICLItem(embedder_image(it.image_path), f"{it.question} {i}") for i, it in enumerate(test[:4])]
+    for q in queries + queries[:1]:  # the first query again, after it left the memo
+        fresh = adapter_for(model, processor).build_prompts([(demos, q)])
+        assert torch.equal(adapter.build_prompts([(demos, q)]).input_ids, fresh.input_ids)
+        assert len(adapter._query_ids) <= 2
+
+
 def test_cached_logits_equal_uncached(loaded: tuple) -> None:
     from lmmops.models import ICLItem, adapter_for
 

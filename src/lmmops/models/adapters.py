@@ -50,6 +50,7 @@ their own); LIVE site per family as PAPERS.md §3 says (layer output for Idefics
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -71,6 +72,7 @@ from lmmops.models.prompt import (
 )
 
 Segment = str | Image
+QUERY_IDS_MEMO = 4096  # query token-id lists an adapter keeps (see ModelAdapter._query_alone)
 PromptSpec = tuple[Sequence[ItemLike], ItemLike]
 
 
@@ -101,7 +103,8 @@ class ModelAdapter:
         self.processor = processor
         # Token ids of a query (image + text) alone, by (text, image size and mode): the span check of every
         # prompt needs them, and processing the query image again per prompt cost ~7% of a batch's time.
-        self._query_ids: dict[tuple[str, tuple[int, int], str], list[int]] = {}
+        # Least recently used entries go beyond QUERY_IDS_MEMO (a real VQA split has ~10^5 distinct queries).
+        self._query_ids: OrderedDict[tuple[str, tuple[int, int], str], list[int]] = OrderedDict()
 
     def __repr__(self) -> str:
         return (
@@ -330,8 +333,12 @@ class ModelAdapter:
         if processor is not self.processor or image is None:
             return self._ids(processor, [image, text] if image is not None else [text])
         key = (text, image.size, image.mode)
-        if key not in self._query_ids:
+        if key in self._query_ids:
+            self._query_ids.move_to_end(key)
+        else:
             self._query_ids[key] = self._ids(processor, [image, text])
+            if len(self._query_ids) > QUERY_IDS_MEMO:
+                self._query_ids.popitem(last=False)
         return self._query_ids[key]
 
     def _build(
