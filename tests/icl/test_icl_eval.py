@@ -135,8 +135,7 @@ def test_prompts_without_cached_pixels_have_the_processor_ids(loaded: tuple) -> 
 
 
 def test_query_ids_memo_is_bounded_and_exact(loaded: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
-    from lmmops.models import ICLItem, adapter_for
-    from lmmops.models import adapters
+    from lmmops.models import ICLItem, adapter_for, adapters
 
     model, processor, support, test = loaded
     monkeypatch.setattr(adapters, "QUERY_IDS_MEMO", 2)
