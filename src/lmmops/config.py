@@ -141,14 +141,15 @@ class BootstrapConfig:
     # batch mixture (shares of the rows of a batch; the rest are text reasoning traces)
     icl_share: float = 0.5625
     vqa_share: float = 0.0625
-    multimodal_reasoning_share: float = 0.0625
+    multimodal_reasoning_share: float = 0.03125
     describe_share: float = 0.0625  # attribute questions on the ICL images (direct vision supervision)
     max_shots: int = 8  # demonstrations per ICL training episode
     vqa_pack: int = 6  # ordinary VQA questions packed into one row
     reasoning_pack: int = 1  # reasoning examples (text or multimodal) packed into one row
     icl_loss_weight: float = 2.0  # weight of the ICL episodes' loss against each other group's (weight 1)
     # extra text reasoning rows drawn from the DeepScaler generator (fresh seed, test problems excluded)
-    extra_reasoning_rows: int = 4000
+    extra_reasoning_rows: int = 40000
+    extra_reasoning_levels: tuple[int, ...] = (1, 2, 1, 2, 1, 2, 3, 4, 5)  # DeepScaler levels of those rows, in turn
     # bookkeeping
     checkpoint_every: int = 100
     log_every: int = 10

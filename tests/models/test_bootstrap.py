@@ -19,7 +19,14 @@ from lmmops.config import (
     SokobanGenConfig,
     VQAGenConfig,
 )
-from lmmops.models.bootstrap import build_processor, combine_losses, corpus_texts, load_corpora, train
+from lmmops.models.bootstrap import (
+    build_processor,
+    combine_losses,
+    corpus_texts,
+    extra_math_rows,
+    load_corpora,
+    train,
+)
 
 # A test-size model and run: same code path as the default, a few seconds of training.
 TINY = BootstrapConfig(
@@ -81,6 +88,17 @@ def test_combine_losses_hand_computed() -> None:
     assert combine_losses({"vqa": torch.tensor(3.0)}, icl_weight=5.0).item() == pytest.approx(3.0)
     with pytest.raises(ValueError, match="no loss groups"):
         combine_losses({"separator": torch.tensor(1.0)})
+
+
+def test_extra_math_rows_take_the_levels_in_turn_and_skip_excluded_problems() -> None:
+    rows = extra_math_rows(6, seed=0, exclude=set(), levels=(1, 2))
+    assert [r.level for r in rows] == [1, 2, 1, 2, 1, 2]
+    skipped = extra_math_rows(3, seed=0, exclude={rows[0].problem}, levels=(1, 2))
+    assert rows[0].problem not in {r.problem for r in skipped} and len(skipped) == 3
+    # Each worked trace restates its quantities before computing (see lmmops.data.synthetic.deepscaler).
+    assert rows[0].solution.startswith("<think>has ")
+    with pytest.raises(ValueError, match="extra_reasoning_levels"):
+        extra_math_rows(1, seed=0, exclude=set(), levels=(1, 7))
 
 
 def test_tiny_bootstrap_trains_and_loss_decreases(data_dir: Path, tmp_path: Path) -> None:

@@ -41,3 +41,37 @@ def test_training_is_deterministic(tok):
 def test_named_tokens_must_be_special():
     with pytest.raises(ValueError, match="not in special_tokens"):
         build_tokenizer(["<pad>"], bos_token="<s>")
+
+
+# ----------------------------------------------------------------------------------------------------
+# the word-level tokenizer of the project's own base model
+
+WORD_SPECIALS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
+
+
+@pytest.fixture(scope="module")
+def word_tok():
+    from lmmops.models.tokenizer import build_word_tokenizer
+
+    corpus = ["Question: Ivan has 7 cards and gets 40 more.\nAnswer:<think>has 7 and gets 40, so 7 + 40 = 47."
+              "</think><answer>$\\boxed{47}$</answer>"]
+    return build_word_tokenizer(WORD_SPECIALS, corpus, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+
+
+def test_word_tokenizer_numbers_start_with_their_own_token(word_tok):
+    # A number's first digit keeps the space before it, so "gets 40" is the bigram (gets, ▁4) in the problem
+    # and in the worked steps alike; the other digits are tokens of their own.
+    pieces = word_tok.convert_ids_to_tokens(word_tok("has 7 and gets 40, so 7 + 40 = 47.").input_ids)
+    assert pieces == ["has", "▁7", "▁and", "▁gets", "▁4", "0", ",", "▁so", "▁7", "▁", "+", "▁4", "0", "▁", "=",
+                      "▁4", "7", "."]
+    # Every digit exists in both forms even when the corpus lacks it, so no number becomes <unk>.
+    assert word_tok.unk_token_id not in word_tok(" 9 98 (3)").input_ids
+
+
+def test_word_tokenizer_round_trips_seen_words_and_tags(word_tok):
+    text = "Question: Ivan has 123 cards.\nAnswer:<think>7 + 40 = 47.</think><answer>$\\boxed{-5}$</answer>"
+    ids = word_tok(text, add_special_tokens=False).input_ids
+    assert word_tok.unk_token_id not in ids
+    assert word_tok.decode(ids) == text
+    # An unseen word is one <unk>, and the rest still decodes.
+    assert word_tok.decode(word_tok("Zebra has 3").input_ids) == "<unk> has 3"

@@ -90,13 +90,19 @@ WORD_MARK = "\u2581"  # "▁": marks a word that follows a space (Metaspace), so
 
 
 def word_pre_tokenizer() -> pre_tokenizers.PreTokenizer:
-    """Newlines alone, words with their leading space (`▁word`), punctuation alone, digits one by one."""
+    """Newlines alone, words with their leading space (`▁word`), punctuation alone, digits one by one, the
+    first digit of a number after a space keeping the space (`▁4`, `7` for " 47").
+
+    Why the space stays on the first digit: a number then starts with its own token instead of a `▁` shared
+    by every number, so "gets ▁4" is a bigram an induction head can copy from the problem into the worked
+    steps. With a bare `▁` the bootstrap model copied operands wrongly ("has 7 ... gets 40" -> "5 + 30").
+    """
     return pre_tokenizers.Sequence(
         [
             pre_tokenizers.Split(Regex(r"\n"), behavior="isolated"),
             pre_tokenizers.Metaspace(replacement=WORD_MARK, prepend_scheme="never", split=True),
             pre_tokenizers.Punctuation("isolated"),
-            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.Split(Regex(f"{WORD_MARK}?[0-9]"), behavior="isolated"),
         ]
     )
 
@@ -117,14 +123,15 @@ def build_word_tokenizer(
 
     Why: with a few hundred whole words, every ICL answer is one or two tokens and sequences are short, so
     a tiny model trains in minutes (STACK-NOTES). Digits are single tokens (arithmetic works digit by
-    digit) and every printable ASCII character is in the vocabulary, so only unseen *words* become
-    `unk_token`. Words carry their leading space (`▁word`), so `decode` restores the text exactly,
-    including the no-space joins the reasoning format needs (`</think><answer>`). `special_tokens` get
-    ids 0..n-1 in order; `added_tokens` (the reasoning tags) are single, non-special tokens.
+    digit; a number's first digit carries its leading space) and every printable ASCII character is in the
+    vocabulary, so only unseen *words* become `unk_token`. Words carry their leading space (`▁word`), so
+    `decode` restores the text exactly, including the no-space joins the reasoning format needs
+    (`</think><answer>`). `special_tokens` get ids 0..n-1 in order; `added_tokens` (the reasoning tags)
+    are single, non-special tokens.
     """
     _check_special_tokens(special_tokens, (bos_token, eos_token, pad_token, unk_token), add_bos, bos_token)
     pre = word_pre_tokenizer()
-    words: set[str] = {chr(c) for c in range(33, 127)} | {WORD_MARK, "\n"}
+    words: set[str] = {chr(c) for c in range(33, 127)} | {WORD_MARK + d for d in "0123456789"} | {WORD_MARK, "\n"}
     for text in corpus:
         for piece in added_tokens:
             text = text.replace(piece, "\n")  # the tags split words like a newline does (no ▁ mark)

@@ -4,12 +4,16 @@
     counts = generate_deepscaler(cfg.deepscaler, seed=cfg.seed, out=Path("data"))
 
 Five difficulty levels, each with exact answers computed with fractions.Fraction:
-1 one-step word problems (add/subtract), 2 two-step word problems (multiply then add/subtract),
+1 one-step word problems (add/subtract a number up to 9 to/from one up to 20), 2 two-step word problems
+(multiply then add/subtract, two-digit results),
 3 fraction arithmetic, 4 linear equations, 5 quadratics and 2x2 linear systems.
 
 Departure from DeepScaleR: its `solution` is a human-written solution ending in \\boxed{}; here it is a
 short worked trace in the LMM-R1 completion format `<think>...</think><answer>$\\boxed{...}$</answer>`
 (so the bootstrap can teach the format and RL starts above zero reward), and rows carry a `level`.
+Every trace first restates what it uses: the word before each quantity ("has 7 and gets 40, so 7 + 40 = 47.")
+or the equation, so a small model copies the numbers by induction (the word, then its number) before it
+computes; with bare steps ("7 + 40 = 47.") the project's 0.8M default copied operands wrongly.
 """
 
 from __future__ import annotations
@@ -66,13 +70,13 @@ def _ri(rng: np.random.Generator, lo: int, hi: int) -> int:
 
 def level1(rng: np.random.Generator) -> tuple[str, Fraction, list[str]]:
     name, item = str(rng.choice(NAMES)), str(rng.choice(ITEMS))
-    a, b = _ri(rng, 5, 60), _ri(rng, 2, 40)
+    a, b = _ri(rng, 2, 20), _ri(rng, 1, 9)  # small numbers: the tier a small base model can solve (RL's start)
     if rng.random() < 0.5:
         problem = f"{name} has {a} {item} and gets {b} more. How many {item} does {name} have now?"
-        return problem, Fraction(a + b), [f"{a} + {b} = {a + b}."]
+        return problem, Fraction(a + b), [f"has {a} and gets {b}, so {a} + {b} = {a + b}."]
     a = a + b  # keep the result positive
     problem = f"{name} has {a} {item} and gives away {b}. How many {item} are left?"
-    return problem, Fraction(a - b), [f"{a} - {b} = {a - b}."]
+    return problem, Fraction(a - b), [f"has {a} and gives away {b}, so {a} - {b} = {a - b}."]
 
 
 def level2(rng: np.random.Generator) -> tuple[str, Fraction, list[str]]:
@@ -82,12 +86,14 @@ def level2(rng: np.random.Generator) -> tuple[str, Fraction, list[str]]:
     if rng.random() < 0.5:
         problem = (f"{name} buys {boxes} boxes with {per} {item} in each box and already had {extra} {item}. "
                    f"How many {item} does {name} have in total?")
-        steps = [f"{boxes} * {per} = {total}.", f"{total} + {extra} = {total + extra}."]
+        steps = [f"buys {boxes} boxes with {per} in each, so {boxes} * {per} = {total}.",
+                 f"had {extra}, so {total} + {extra} = {total + extra}."]
         return problem, Fraction(total + extra), steps
     extra = min(extra, total - 1)
     problem = (f"{name} packs {boxes} boxes of {per} {item} each and then uses {extra} of them. "
                f"How many {item} remain?")
-    steps = [f"{boxes} * {per} = {total}.", f"{total} - {extra} = {total - extra}."]
+    steps = [f"packs {boxes} boxes of {per} each, so {boxes} * {per} = {total}.",
+             f"uses {extra}, so {total} - {extra} = {total - extra}."]
     return problem, Fraction(total - extra), steps
 
 
@@ -97,12 +103,13 @@ def level3(rng: np.random.Generator) -> tuple[str, Fraction, list[str]]:
     val = a + b if op == "+" else a - b if op == "-" else a * b
     sym = {"+": "+", "-": "-", "*": "\\cdot"}[op]
     problem = f"Compute ${latex(a)} {sym} {latex(b)}$. Give the answer as a fraction in lowest terms."
+    given = f"{plain(a)} {op} {plain(b)}."
     if op == "*":
-        steps = [f"Multiply numerators and denominators: {plain(a)} * {plain(b)} = {plain(val)}."]
+        steps = [given, f"Multiply numerators and denominators: {plain(a)} * {plain(b)} = {plain(val)}."]
     else:
         den = a.denominator * b.denominator // math.gcd(a.denominator, b.denominator)
         na, nb = a.numerator * (den // a.denominator), b.numerator * (den // b.denominator)
-        steps = [f"Common denominator {den}: {na}/{den} {op} {nb}/{den}.", f"This simplifies to {plain(val)}."]
+        steps = [given, f"Common denominator {den}: {na}/{den} {op} {nb}/{den}.", f"This simplifies to {plain(val)}."]
     return problem, val, steps
 
 
@@ -114,7 +121,8 @@ def level4(rng: np.random.Generator) -> tuple[str, Fraction, list[str]]:
     bs = f"+ {b}" if b >= 0 else f"- {-b}"
     problem = f"Solve for $x$: ${term(a, 'x', first=True)} {bs} = {latex(c)}$."
     move = f"Subtract {b} from both sides" if b >= 0 else f"Add {-b} to both sides"
-    steps = [f"{move}: {a}x = {plain(c - b)}.", f"Divide by {a}: x = {plain(x)}."]
+    steps = [f"{term(a, 'x', first=True)} {bs} = {plain(c)}.", f"{move}: {a}x = {plain(c - b)}.",
+             f"Divide by {a}: x = {plain(x)}."]
     return problem, x, steps
 
 
@@ -127,7 +135,8 @@ def level5(rng: np.random.Generator) -> tuple[str, Fraction, list[str]]:
         problem = f"The equation $x^2{bs} {ps} = 0$ has roots $r$ and $s$. Find $r^2 + s^2$."
         val = Fraction(s * s - 2 * p)
         two_p = f"- {2 * p}" if p >= 0 else f"+ {-2 * p}"
-        steps = [f"By Vieta, r + s = {s} and rs = {p}.", f"r^2 + s^2 = (r + s)^2 - 2rs = {s * s} {two_p} = {val}."]
+        steps = [f"x^2{bs} {ps} = 0.", f"By Vieta, r + s = {s} and rs = {p}.",
+                 f"r^2 + s^2 = (r + s)^2 - 2rs = {s * s} {two_p} = {val}."]
         return problem, val, steps
     x, y = _ri(rng, -9, 9), _ri(rng, -9, 9)
     a, b = _ri(rng, 1, 5), _ri(rng, 1, 5)
@@ -139,7 +148,8 @@ def level5(rng: np.random.Generator) -> tuple[str, Fraction, list[str]]:
     problem = (f"If ${term(a, 'x', first=True)} {term(b, 'y')} = {e}$ and "
                f"${term(c, 'x', first=True)} {term(d, 'y')} = {f}$, what is $x \\cdot y$?")
     val = Fraction(x * y)
-    steps = [f"Eliminate y: determinant {a}*({d}) - {b}*{c} = {det}.",
+    given = f"{term(a, 'x', first=True)} {term(b, 'y')} = {e} and {term(c, 'x', first=True)} {term(d, 'y')} = {f}."
+    steps = [given, f"Eliminate y: determinant {a}*({d}) - {b}*{c} = {det}.",
              f"x = {x} and y = {y}.", f"So x * y = {x * y}."]
     return problem, val, steps
 
