@@ -11,9 +11,9 @@ Five difficulty levels, each with exact answers computed with fractions.Fraction
 Departure from DeepScaleR: its `solution` is a human-written solution ending in \\boxed{}; here it is a
 short worked trace in the LMM-R1 completion format `<think>...</think><answer>$\\boxed{...}$</answer>`
 (so the bootstrap can teach the format and RL starts above zero reward), and rows carry a `level`.
-Every trace first restates what it uses: the word before each quantity ("has 7 and gets 40, so 7 + 40 = 47.")
+Every trace first restates what it uses: the word before each quantity ("has 17 and gets 4, so 17 + 4 = 21.")
 or the equation, so a small model copies the numbers by induction (the word, then its number) before it
-computes; with bare steps ("7 + 40 = 47.") the project's 0.8M default copied operands wrongly.
+computes; with bare steps ("17 + 4 = 21.") the project's 0.8M default copied operands wrongly.
 """
 
 from __future__ import annotations
