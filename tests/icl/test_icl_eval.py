@@ -311,3 +311,39 @@ def test_model_fingerprint_ignores_where_the_model_was_loaded_from(workspace: Pa
     with torch.no_grad():
         next(b.parameters()).mul_(2.0)
     assert ModelImageEmbedder(a, pa).name != ModelImageEmbedder(b, pb).name
+
+
+def _result(spec: RunSpec, accuracy: float, copy: float, **groups: float) -> Any:
+    from lmmops.icl.experiment import RunResult
+    return RunResult(spec, [], [], {"accuracy": accuracy, "copy_rate": copy, **groups})
+
+
+def test_findings_hand_computed_and_explained() -> None:
+    """Hand-made results: gains 0.4 then 0.1 (shrink); SQ copies more than RS at both shot counts; TR/TL:
+    TR 0.3 vs TL 0.7 - 0.3 = 0.4 overall, TR 0.6 > TL 0.1 on ordinary questions, TR 0.0 < TL 0.8 on the ICL
+    tasks, so the overall failure is explained by the ICL task families."""
+    from lmmops.icl.experiment import explain_findings, findings, tr_tl
+    results = {
+        RunSpec("zero-shot", 0): _result(RunSpec("zero-shot", 0), 0.2, 0.0),
+        RunSpec("RS", 1): _result(RunSpec("RS", 1), 0.6, 0.1),
+        RunSpec("RS", 2): _result(RunSpec("RS", 2), 0.7, 0.2, accuracy_ordinary=0.7, accuracy_icl_tasks=0.8),
+        RunSpec("SQ", 1): _result(RunSpec("SQ", 1), 0.6, 0.5),
+        RunSpec("SQ", 2): _result(RunSpec("SQ", 2), 0.7, 0.6),
+        RunSpec("RS", 2, "wrong_answer"): _result(RunSpec("RS", 2, "wrong_answer"), 0.3, 0.0,
+                                                  accuracy_ordinary=0.6, accuracy_icl_tasks=0.0),
+    }
+    split = tr_tl(results)
+    assert split["TR"] == pytest.approx(0.3) and split["TL"] == pytest.approx(0.4)
+    assert split["TR/ordinary"] == pytest.approx(0.6) and split["TL/ordinary"] == pytest.approx(0.1)
+    found = findings(results)
+    assert found["gains_shrink"] is True
+    assert found["first_step_gain"] == pytest.approx(0.4) and found["last_step_gain"] == pytest.approx(0.1)
+    assert found["copy_SQ_above_RS"] is True and found["copy_SQ_above_RS_at_shots"] == [1, 2]
+    assert found["TR_above_TL"] is False and found["TR_above_TL_ordinary"] is True
+    assert found["TR_above_TL_icl_tasks"] is False
+    notes = explain_findings(found)
+    assert len(notes) == 1 and notes[0].startswith("TR_above_TL: holds on the ordinary questions")
+    # every finding holding: nothing to explain
+    assert explain_findings({**found, "TR_above_TL": True}) == []
+    # TR below TL on the ordinary questions too: the generic reason, not the ICL-task one
+    assert "ICL task families" not in explain_findings({**found, "TR_above_TL_ordinary": False})[0]

@@ -124,7 +124,16 @@ def icl_eval(cfg: ICLEvalConfig, ctx: StageContext) -> dict[str, float]:
     from lmmops.data.loaders import load_vqa
     from lmmops.eval import plots
     from lmmops.icl.cache import DemoFeatureCache
-    from lmmops.icl.experiment import check_plan, curves, findings, flat_metrics, plan_runs, results_table, run_spec
+    from lmmops.icl.experiment import (
+        check_plan,
+        curves,
+        explain_findings,
+        findings,
+        flat_metrics,
+        plan_runs,
+        results_table,
+        run_spec,
+    )
     from lmmops.icl.index import VectorIndex
     from lmmops.icl.inference import ICLRunner
     from lmmops.icl.retrieval import STRATEGIES, PooledRetriever, Retriever
@@ -193,7 +202,10 @@ def icl_eval(cfg: ICLEvalConfig, ctx: StageContext) -> dict[str, float]:
     plt.close(fig)
     table = results_table(results)
     lines = [f"- {k}: {v}" for k, v in found.items()]
+    why = explain_findings(found)
     report = f"{table}\n\nFindings (the talk's, checked here):\n" + "\n".join(lines) + "\n"
+    if why:
+        report += "\nWhy a finding does not show here:\n" + "\n".join(f"- {w}" for w in why) + "\n"
     log.info("icl-eval results:\n%s", report)
     ctx.run.log_text(report, "icl_eval/results.md")
     (out_dir / "results.md").write_text(report)
@@ -203,6 +215,7 @@ def icl_eval(cfg: ICLEvalConfig, ctx: StageContext) -> dict[str, float]:
         "runs": [{"strategy": s.strategy, "shots": s.shots, "manipulation": s.manipulation, "oracle": s.oracle,
                   "metrics": r.metrics} for s, r in results.items()],
         "findings": found,
+        "findings_explained": why,
     })
     ctx.run.log_metrics({"vision_images_encoded": float(runner.vision_images_encoded)})
     metrics.update({f"finding/{k}": float(v) for k, v in found.items() if isinstance(v, bool)})
