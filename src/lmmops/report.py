@@ -3,7 +3,8 @@
     lmmops report          a table (rich) on stdout; after it, once live / mimic / vector-baselines have run, the
                            "in-context vectors" table: method (zero-shot, k-shot ICL, LIVE, MimIC, baselines),
                            trainable params, mean test accuracy over task pools, latency per query vs zero-shot
-    lmmops report --json   the same as JSON, for scripts (the vectors table under "vectors", with per-pool accuracies)
+    lmmops report --json   the same as JSON, for scripts (the vectors table under "vectors", with per-pool accuracies
+                           and, for LIVE and MimIC, the per-pool gap to ICL with its paired standard error)
     lmmops ui              the MLflow UI for this project's store on 127.0.0.1 (`make ui`)
 """
 
@@ -78,8 +79,13 @@ def vector_table(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
     for stage, label in VECTOR_STAGES.items():
         if stage in full:
             m = full[stage]
-            rows.append(_vector_row(label, stage, m.get("trainable_params"), m.get("test_acc/mean"),
-                                    m.get("latency_rel"), _per_pool(m, "test_acc/")))
+            row = _vector_row(label, stage, m.get("trainable_params"), m.get("test_acc/mean"),
+                              m.get("latency_rel"), _per_pool(m, "test_acc/"))
+            # ICL minus the method on the same test items, its paired standard error and the item count
+            se = _per_pool(m, "gap_to_icl_se/")
+            row["gap_to_icl_per_pool"] = {p: {"gap": g, "se": se.get(p), "test_items": m.get(f"test_items/{p}")}
+                                          for p, g in _per_pool(m, "gap_to_icl/").items()}
+            rows.append(row)
     if BASELINE_STAGE in full:
         m = full[BASELINE_STAGE]
         found = {k.split("/")[1] for k in m if k.startswith("test_acc/") and k.endswith("/mean")} - {"zero-shot"}

@@ -7,6 +7,8 @@
   correct answers bring (acc_correct - TR, may be negative).
 - `shot_gains(acc_by_shots)`: the accuracy gain of each doubling of shots, to check that gains shrink.
 - `accuracy_by(values, keys)`: mean accuracy per group (e.g. per question type).
+- `paired_gap(a, b)`: mean of a - b over the same items and its standard error (how far apart two methods
+  scored on one test set are, and how much of that a test set of this size can resolve).
 
 Run: `pytest tests/eval -q`.
 """
@@ -55,3 +57,19 @@ def accuracy_by(values: Sequence[float], keys: Sequence[str]) -> dict[str, float
     for v, k in zip(values, keys, strict=True):
         groups[k].append(v)
     return {k: sum(v) / len(v) for k, v in sorted(groups.items())}
+
+
+def paired_gap(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
+    """(mean of a_i - b_i, its standard error sd(a - b) / sqrt(n)) over items scored by both methods.
+
+    The standard error uses the sample standard deviation (n - 1); it is nan for fewer than two items."""
+    if len(a) != len(b):
+        raise ValueError(f"{len(a)} scores against {len(b)}: a paired gap needs the same items")
+    if not a:
+        raise ValueError("a paired gap needs at least one item")
+    d = [x - y for x, y in zip(a, b, strict=True)]
+    m = sum(d) / len(d)
+    if len(d) < 2:
+        return m, float("nan")
+    var = sum((x - m) ** 2 for x in d) / (len(d) - 1)
+    return m, (var / len(d)) ** 0.5
