@@ -144,10 +144,6 @@ class BootstrapConfig:
     multimodal_reasoning_share: float = 0.03125
     describe_share: float = 0.0625  # attribute questions on the ICL images (direct vision supervision)
     max_shots: int = 8  # demonstrations per ICL training episode
-    # share of the en/swap ICL episodes drawn only from items of the swap's moved pair (e.g. red, green): every
-    # answer after the first then has an earlier demo that tells en from swap (a curriculum; evaluation draws
-    # demos from the whole pool)
-    icl_pair_share: float = 0.0
     vqa_pack: int = 6  # ordinary VQA questions packed into one row
     reasoning_pack: int = 1  # reasoning examples (text or multimodal) packed into one row
     icl_loss_weight: float = 2.0  # weight of the ICL episodes' loss against each other group's (weight 1)

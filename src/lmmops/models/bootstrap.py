@@ -364,16 +364,6 @@ def reasoning_row(enc: Encoded, tok: Any, examples: Sequence[tuple[str, str, Pat
     return row
 
 
-def swap_pair_items(task_name: str, items: Sequence[VQAItem]) -> list[VQAItem]:
-    """The items of an "en" or "swap" ICL task whose attribute value is one the swap moves (e.g. red, green);
-    [] for other tasks. The swap maps that pair onto itself, so the answer words identify the items."""
-    task = get_icl_task(task_name)
-    if task.lexicon not in ("en", "swap"):
-        return []
-    moved = {answer for value, answer in get_icl_task(task_name.rsplit("/", 1)[0] + "/swap").mapping if value != answer}
-    return [it for it in items if it.multiple_choice_answer in moved]
-
-
 def sample_batch(rng: np.random.Generator, corpora: Corpora, enc: Encoded, tok: Any, cfg: BootstrapConfig) -> list[Row]:
     n_icl = round(cfg.batch_size * cfg.icl_share) if corpora.icl else 0
     n_vqa = round(cfg.batch_size * cfg.vqa_share) if corpora.vqa else 0
@@ -383,11 +373,7 @@ def sample_batch(rng: np.random.Generator, corpora: Corpora, enc: Encoded, tok: 
     tasks = list(corpora.icl)
     rows: list[Row] = []
     for _ in range(n_icl):
-        task = tasks[int(rng.integers(len(tasks)))]
-        pool = corpora.icl[task]
-        if cfg.icl_pair_share > 0 and rng.random() < cfg.icl_pair_share:
-            pair = swap_pair_items(task, pool)
-            pool = pair if len(pair) > cfg.max_shots else pool
+        pool = corpora.icl[tasks[int(rng.integers(len(tasks)))]]
         picks = rng.choice(len(pool), size=min(cfg.max_shots + 1, len(pool)), replace=False)
         rows.append(interleaved_row(enc, [pool[i] for i in picks], "icl"))
     for _ in range(n_vqa):
