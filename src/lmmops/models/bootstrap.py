@@ -42,7 +42,8 @@ Tried and dropped at the same step count: packing two reasoning examples per row
 tied input/output embeddings (ICL 74.2%, arithmetic 4.5%), yes/no attribute checks among the "describe"
 rows (ICL 77.2%, within the seed spread), and a swap-pair curriculum (a quarter or a half of the en/swap episodes drawn
 only from items whose value the swap moves, so that every later answer has a telling demo): 8-shot ICL 78.7%
-and 76.3%, the en/swap curves still flat after 1 shot. The same two runs (1 thread each) scored 7.0% and 6.5%
+and 76.3%, the en/swap curves still flat after 1 shot; CLIP's CLS token kept as a fifth image token (an
+image summary for the decoder to match demos on; "full" feature strategy): 77.8%, also flat, arithmetic 9.5%. The same two runs (1 thread each) scored 7.0% and 6.5%
 on arithmetic, against 10.0% for the default mixture at 2 threads: thread count alone changes the float
 reductions and so the trajectory, and arithmetic accuracy moves by several points with it.
 
