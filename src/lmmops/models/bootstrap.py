@@ -40,12 +40,12 @@ numbers (up to 20 and up to 9: the tier RL starts from), 47.5% and 22.5%, 14.5% 
 rate fell to 92.5% (level 4: 67.5%, its restated equation was rarely seen), hence some rows of levels 3-5.
 Tried and dropped at the same step count: packing two reasoning examples per row (50% slower, ICL 74.4%),
 tied input/output embeddings (ICL 74.2%, arithmetic 4.5%), yes/no attribute checks among the "describe"
-rows (ICL 77.2%, within the seed spread), and a swap-pair curriculum (a quarter or a half of the en/swap episodes drawn
-only from items whose value the swap moves, so that every later answer has a telling demo): 8-shot ICL 78.7%
-and 76.3%, the en/swap curves still flat after 1 shot; CLIP's CLS token kept as a fifth image token (an
-image summary for the decoder to match demos on; "full" feature strategy): 77.8%, also flat, arithmetic 9.5%. The same two runs (1 thread each) scored 7.0% and 6.5%
-on arithmetic, against 10.0% for the default mixture at 2 threads: thread count alone changes the float
-reductions and so the trajectory, and arithmetic accuracy moves by several points with it.
+rows (ICL 77.2%, within the seed spread), a swap-pair curriculum (a quarter or a half of the en/swap
+episodes drawn only from items whose value the swap moves, so that every later answer has a telling demo:
+8-shot ICL 78.7% and 76.3%, arithmetic 7.0% and 6.5%, 1 thread each), and CLIP's CLS token kept as a fifth
+image token (an image summary for the decoder to match demos on, the "full" feature strategy: ICL 77.8%,
+arithmetic 9.5%). In all of them the en/swap curves stay flat after 1 shot. Thread count alone changes the
+float reductions and so the trajectory: arithmetic accuracy moves by several points between such runs.
 
 Departures from the real thing: real LLaVA starts from pretrained CLIP and Llama weights and trains in two
 phases (projector alignment, then instruction tuning); here everything is trained from scratch in one
