@@ -102,6 +102,10 @@ def test_mimic_stage_selects_on_val_tests_once_and_registers_a_pyfunc(
     expected = MimicVectors.for_adapter(adapter_for(tiny_model, tiny_processor)).num_parameters()
     assert metrics["trainable_params"] == expected
     assert metrics["gap_to_icl/mean"] == pytest.approx(metrics["icl_acc/mean"] - metrics["test_acc/mean"])
+    for p in POOLS:  # the paired gap on the same items: its mean is the difference of the two accuracies
+        assert metrics[f"gap_to_icl/{p}"] == pytest.approx(metrics[f"icl_acc/{p}"] - metrics[f"test_acc/{p}"])
+        assert metrics[f"test_items/{p}"] >= 1
+        assert metrics.get(f"gap_to_icl_se/{p}", 0.0) >= 0  # absent (not NaN) for a pool of one test item
     assert json.loads(metrics_path(project, "mimic").read_text()) == metrics  # deterministic: no timings
 
     # the bundle: one vector file per pool, the manifest; the report files; the resumable checkpoints

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
@@ -324,11 +325,15 @@ def stage_metrics(
     m["gap_to_icl/mean"] = m["icl_acc/mean"] - m["test_acc/mean"]
     # Per pool: the gap on the same test items and its paired standard error, and how many items there are:
     # a pool of ~13 test items cannot resolve a 5-point gap (one item is ~8 points).
+    # (No standard error for a pool of one item: metrics files and MLflow get no NaN.)
     for pool, (gap, se) in test.gap.items():
-        m[f"gap_to_icl/{pool}"], m[f"gap_to_icl_se/{pool}"] = float(gap), float(se)
+        m[f"gap_to_icl/{pool}"] = float(gap)
         m[f"test_items/{pool}"] = float(len(test.samples.get(pool, [])))
-    if test.gap:  # pools are disjoint item sets: the mean's standard error adds their variances
-        m["gap_to_icl_se/mean"] = float(sum(se**2 for _, se in test.gap.values()) ** 0.5 / len(test.gap))
+        if math.isfinite(se):
+            m[f"gap_to_icl_se/{pool}"] = float(se)
+    ses = [se for _, se in test.gap.values()]
+    if ses and all(math.isfinite(se) for se in ses):  # disjoint pools: the mean's variance adds theirs
+        m["gap_to_icl_se/mean"] = float(sum(se**2 for se in ses) ** 0.5 / len(ses))
     m["gain_over_zero_shot/mean"] = m["test_acc/mean"] - m["zero_shot_acc/mean"]
     m["trainable_params"] = float(trainable_params)
     m["pools"] = float(len(training))
