@@ -115,13 +115,16 @@ def check_plan(specs: Sequence[RunSpec], retriever: AnyRetriever, queries: Seque
         retriever.check(spec.strategy, spec.shots)
 
 
+def item_accuracy(prediction: str, item: VQAItem) -> float:
+    """VQA accuracy of one prediction for one item. An item without annotator answers counts its
+    multiple-choice answer as all ten (a single answer would always score 0 under the leave-one-out average)."""
+    return vqa_accuracy(prediction, list(item.answer_strings) or [item.multiple_choice_answer] * 10)
+
+
 def score(queries: Sequence[VQAItem], predictions: Sequence[str],
           demos: Sequence[Sequence[VQAItem]]) -> dict[str, float]:
     """accuracy, copy_rate, accuracy on ICL-task / ordinary items, accuracy per question type."""
-    # An item without annotator answers counts its multiple-choice answer as all ten (a single answer
-    # would always score 0 under the leave-one-out average).
-    accs = [vqa_accuracy(p, list(q.answer_strings) or [q.multiple_choice_answer] * 10)
-            for p, q in zip(predictions, queries, strict=True)]
+    accs = [item_accuracy(p, q) for p, q in zip(predictions, queries, strict=True)]
     out = {
         "accuracy": sum(accs) / len(accs),
         "copy_rate": copy_rate(predictions, [[d.multiple_choice_answer for d in ds] for ds in demos]),

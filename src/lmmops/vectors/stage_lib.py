@@ -272,8 +272,7 @@ def evaluate_test(
 ) -> TestResult:
     """Score each pool's selected `vectors` on its test items (once), next to zero-shot and `shots`-shot ICL."""
     from lmmops.eval.analysis import paired_gap
-    from lmmops.eval.metrics import vqa_accuracy
-    from lmmops.icl.experiment import score
+    from lmmops.icl.experiment import item_accuracy, score
     from lmmops.icl.inference import ICLRunner
 
     runner = ICLRunner(model, processor, batch_size=batch_size, max_new_tokens=max_new_tokens, progress=False)
@@ -288,8 +287,7 @@ def evaluate_test(
         prompts = [(icl_demos(q, train, shots, seed=seed, index=i), q) for i, q in enumerate(test)]
         predictions, icl_seconds = _generate(runner, prompts, None, instruction)
         out.icl_acc[pool] = score(test, predictions, [d for d, _ in prompts])["accuracy"]
-        icl_item_acc = [vqa_accuracy(p, list(q.answer_strings) or [q.multiple_choice_answer] * 10)
-                        for p, q in zip(predictions, test, strict=True)]
+        icl_item_acc = [item_accuracy(p, q) for p, q in zip(predictions, test, strict=True)]
         out.gap[pool] = paired_gap(icl_item_acc, [s["accuracy"] for s in samples])
         zero = [([], q) for q in test]
         out.seconds[pool] = generation_seconds(

@@ -71,7 +71,6 @@ from torch import nn
 from tqdm import tqdm
 
 from lmmops.data.schemas import VQAItem
-from lmmops.eval.metrics import vqa_accuracy
 from lmmops.models import ModelAdapter, PromptAlignmentError, PromptBatch, adapter_for
 from lmmops.vectors.base import LossParts, VectorSet, capture_outputs, frozen
 from lmmops.vectors.data import DemoPool, Draw, sample_step, steps_per_epoch
@@ -566,6 +565,7 @@ def evaluate_vectors(
     item without them counts its `multiple_choice_answer` as all 10). Returns accuracy, queries and
     accuracy/<question_type>; `samples_out` (when given) receives every question, answer and prediction.
     """
+    from lmmops.icl.experiment import item_accuracy
     from lmmops.icl.inference import ICLRunner  # faiss and friends: only when evaluating
 
     runner = ICLRunner(model, processor, batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress)
@@ -577,7 +577,7 @@ def evaluate_vectors(
                                      desc=vectors.method if vectors is not None else "zero-shot")
     by_type: dict[str, list[float]] = defaultdict(list)
     for q, p in zip(items, predictions, strict=True):
-        acc = vqa_accuracy(p, list(q.answer_strings) or [q.multiple_choice_answer] * 10)
+        acc = item_accuracy(p, q)
         by_type[q.question_type].append(acc)
         if samples_out is not None:
             samples_out.append({"question_id": q.question_id, "question": q.question,
