@@ -25,6 +25,7 @@ from lmmops.models.bootstrap import (
     corpus_texts,
     extra_math_rows,
     load_corpora,
+    telling_twin_answer,
     train,
 )
 
@@ -99,6 +100,26 @@ def test_extra_math_rows_take_the_levels_in_turn_and_skip_excluded_problems() ->
     assert rows[0].solution.startswith("<think>has ")
     with pytest.raises(ValueError, match="extra_reasoning_levels"):
         extra_math_rows(1, seed=0, exclude=set(), levels=(1, 7))
+
+
+def test_telling_twin_answer_hand_computed() -> None:
+    from lmmops.data.schemas import VQAItem
+
+    def item(task: str, answer: str) -> VQAItem:
+        return VQAItem(0, 0, "What is this?", task, "other", answer, (), Path("x.png"), "test")
+
+    # colour/swap moves red <-> green and fixes blue, yellow.
+    red_as_green = item("icl/colour/swap", "green")  # a red image
+    assert telling_twin_answer(red_as_green, [item("icl/colour/swap", "red")]) == "red"  # a green demo tells
+    assert telling_twin_answer(red_as_green, [item("icl/colour/swap", "blue")]) is None  # fixed point: no
+    assert telling_twin_answer(item("icl/colour/swap", "yellow"), [item("icl/colour/swap", "red")]) is None
+    assert telling_twin_answer(item("icl/shape/en", "square"), [item("icl/shape/en", "circle")]) == "circle"
+    # position/swap transposes: top right <-> bottom left
+    assert telling_twin_answer(item("icl/position/en", "top right"),
+                               [item("icl/position/en", "top left"), item("icl/position/en", "bottom left")]) \
+        == "bottom left"
+    assert telling_twin_answer(item("icl/colour/code", "alpha"), [item("icl/colour/code", "bravo")]) is None
+    assert telling_twin_answer(red_as_green, []) is None
 
 
 def test_tiny_bootstrap_trains_and_loss_decreases(data_dir: Path, tmp_path: Path) -> None:

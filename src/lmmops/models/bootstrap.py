@@ -632,6 +632,25 @@ def icl_chance(item: VQAItem) -> float:
     return sum(t.answer_for_value(value) == item.multiple_choice_answer for t in same) / len(ICL_TASKS)
 
 
+def telling_twin_answer(query: VQAItem, demos: Sequence[VQAItem]) -> str | None:
+    """The twin task's answer to an "en"/"swap" query whose value the swap moves, when one of `demos` shows
+    such a value (so the demos tell "en" from "swap"); else None. E.g. a colour/swap query of a red image
+    (answer "green"), with a demo of a green image answered "red": "red", the colour/en answer."""
+    task = get_icl_task(query.question_type)
+    if task.lexicon not in ("en", "swap"):
+        return None
+    twin = get_icl_task(f"icl/{task.attribute}/{'swap' if task.lexicon == 'en' else 'en'}")
+
+    def moved(item: VQAItem) -> str | None:  # the item's value if the swap moves it
+        value = next(v for v, a in task.mapping if a == item.multiple_choice_answer)
+        return value if twin.answer_for_value(value) != item.multiple_choice_answer else None
+
+    value = moved(query)
+    if value is None or not any(moved(d) for d in demos):
+        return None
+    return twin.answer_for_value(value)
+
+
 @torch.no_grad()
 def evaluate_icl(
     model: Any,
@@ -650,7 +669,11 @@ def evaluate_icl(
     Each ICL query is asked `repeats` times with demonstrations drawn from the other items of its task
     (in `demo_pool` when given, else in `items`); the k-shot prompt uses the first k of the same draw, so
     the shot counts differ only in k. Correct = greedy decoding emits exactly the answer tokens (teacher
-    forced, one forward pass). Returns icl_acc_<k>shot, icl_acc_<k>shot/<task>, icl_chance, icl_queries.
+    forced, one forward pass). Returns icl_acc_<k>shot, icl_acc_<k>shot/<task>, icl_chance, icl_queries, and
+    icl_twin_rate_<k>shot (k >= 1): over the "en" and "swap" queries whose value the swap moves and whose demos
+    include one such value (so the demos tell the two tasks apart), the share answered with the twin task's
+    word. A model that learns the mapping from the demos drives it to 0; one that only recognises the task
+    (attribute and word list) and guesses between the twins stays near 0.5.
     """
     adapter = adapter_for(model, processor)
     queries = [it for it in items if it.is_icl]
@@ -675,6 +698,7 @@ def evaluate_icl(
             demos = [candidates[i] for i in picks]
             jobs += [(k, q.question_type, demos[:k], q) for k in shots]
     correct: dict[tuple[int, str], list[float]] = defaultdict(list)
+    twin_answers: dict[int, list[float]] = defaultdict(list)
     device = next(model.parameters()).device
     for b in range(0, len(jobs), batch_size):
         chunk = jobs[b : b + batch_size]
@@ -686,6 +710,9 @@ def evaluate_icl(
             predicted = logits[row, s - 1 : e - 1].argmax(-1)
             ok = bool((predicted == batch.input_ids[row, s:e]).all())
             correct[(k, task)].append(float(ok))
+            twin = telling_twin_answer(q, _demos)
+            if twin is not None:
+                twin_answers[k].append(float(processor.tokenizer.decode(predicted).strip() == twin))
             if samples_out is not None and len(samples_out) < 40 and k in (0, max_k):
                 samples_out.append({"shots": k, "task": task, "answer": q.multiple_choice_answer,
                                     "predicted": processor.tokenizer.decode(predicted), "correct": ok})
@@ -695,6 +722,8 @@ def evaluate_icl(
         per_task = {t: float(np.mean(correct[(k, t)])) for t in tasks}
         out[f"icl_acc_{k}shot"] = float(np.mean([v for t in tasks for v in correct[(k, t)]])) if tasks else 0.0
         out.update({f"icl_acc_{k}shot/{t.removeprefix('icl/')}": v for t, v in per_task.items()})
+        if twin_answers[k]:
+            out[f"icl_twin_rate_{k}shot"] = float(np.mean(twin_answers[k]))
     out["icl_chance"] = float(np.mean([icl_chance(q) for q in queries])) if queries else 0.0
     out["icl_queries"] = float(len(queries))
     return out

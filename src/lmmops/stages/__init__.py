@@ -54,8 +54,8 @@ STAGES: dict[str, Stage] = {
             "bootstrap",
             "lmmops.stages.models:bootstrap",
             "train the embedded default base model (tiny LLaVA) from scratch; register it as lmmops-base@champion",
-            ("icl_acc_0shot", "icl_acc_1shot", "icl_acc_8shot", "icl_chance", "reasoning_format_rate",
-             "reasoning_accuracy", "params", "seconds"),
+            ("icl_acc_0shot", "icl_acc_1shot", "icl_acc_8shot", "icl_chance", "icl_twin_rate_8shot",
+             "reasoning_format_rate", "reasoning_accuracy", "params", "seconds"),
         ),
         Stage(
             "index",

@@ -52,6 +52,11 @@ def eval_table(metrics: dict[str, float], shots: tuple[int, ...]) -> str:
         cells = [metrics.get(f"icl_acc_{k}shot" + (f"/{t}" if t else ""), float("nan")) for k in shots]
         lines.append(f"| {name} | " + " | ".join(f"{100 * c:.1f}" for c in cells) + " |")
     lines.append(f"\nchance (uniform task guess): {100 * metrics.get('icl_chance', 0):.1f}%")
+    twins = [(k, metrics[f"icl_twin_rate_{k}shot"]) for k in shots if f"icl_twin_rate_{k}shot" in metrics]
+    if twins:
+        lines.append("en/swap queries the demos tell apart, answered with the twin task's word (0 = learned from "
+                     "the demos, ~50 = a guess between the twins): "
+                     + ", ".join(f"{k}-shot {100 * r:.1f}%" for k, r in twins))
     lines.append(f"reasoning format rate: {100 * metrics.get('reasoning_format_rate', 0):.1f}%, "
                  f"accuracy: {100 * metrics.get('reasoning_accuracy', 0):.1f}%")
     levels = sorted(k for k in metrics if k.startswith("reasoning_accuracy/"))
