@@ -133,7 +133,8 @@ def bench_one(data: str, dim: int, args: argparse.Namespace):  # type: ignore[no
         vs_flat = f"{best['flat'] / best[name]:>6.1f}x" if "flat" in best and name != "exact" else f"{'':>7}"
         yield (f"{data:<10} {name:<6} {dim:>4} {build_s[name]:>8.1f} {args.queries / best[name]:>10,.0f} "
                f"{args.queries / median[name]:>8,.0f} {recall:>9.3f} {best['exact'] / best[name]:>7.1f}x "
-               f"{median['exact'] / median[name]:>6.1f}x {paired[name]:>6.1f}x {vs_flat}  {params or ('numpy' if name == 'exact' else '')}")
+               f"{median['exact'] / median[name]:>6.1f}x {paired[name]:>6.1f}x {vs_flat}  "
+               f"{params or ('numpy' if name == 'exact' else '')}")
 
 
 if __name__ == "__main__":

@@ -246,6 +246,9 @@ class VectorStageConfig:
     log_every: int = 5
     checkpoint_every: int = 50
     threads: int = 1
+    # Pools trained at once in spawned processes (CPU without DeepSpeed only; same vectors as 1): each pool's
+    # single-threaded steps leave the other cores idle otherwise. Each worker holds its own copy of the base model.
+    workers: int = 1
     deepspeed: str | None = None  # DeepSpeed JSON config for distill (infra/deepspeed/zero2.json); None: plain
 
     method: ClassVar[str] = ""  # "live" | "mimic", set by the subclass (not a params.yaml key)

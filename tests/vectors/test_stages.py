@@ -270,6 +270,42 @@ def test_selection_keeps_the_best_val_segment_and_resumes_it(workspace: Path, tm
     assert all(torch.equal(a[k], s[k]) for a, s in zip(again, seen, strict=True) for k in s)
 
 
+@pytest.mark.parametrize("method", ["live", "mimic"])
+def test_pools_trained_in_two_processes_equal_the_sequential_run(workspace: Path, tmp_path: Path, method: str) -> None:
+    from lmmops.data.loaders import load_vqa
+    from lmmops.models import load_model
+    from lmmops.vectors.train import DistillConfig
+
+    model, processor = load_model(workspace / "model")
+    splits = {s: load_vqa(workspace / "data", s) for s in stage_lib.SPLITS}
+    pools = stage_lib.select_pools(splits, POOLS, shots=2, where="test.tasks")
+    cfg = DistillConfig(method=method, shots=2, steps=4, batch_size=4, lr=0.05, log_every=1, threads=1)
+    eval_kw = {"batch_size": 16, "max_new_tokens": 3}
+    runs: dict[int, tuple[dict[str, Any], list[tuple[str, int]], list[str]]] = {}
+    for workers in (1, 2):
+        logged: list[tuple[str, int]] = []
+        finished: list[str] = []
+        out = stage_lib.train_pools(cfg, model, processor, pools, rounds=2, checkpoint_dir=tmp_path / str(workers),
+                                    eval_kw=eval_kw, workers=workers, model_spec=str(workspace / "model"),
+                                    on_log=lambda pool, step, values, logged=logged: logged.append((pool, step)),
+                                    on_pool=lambda r, finished=finished: finished.append(r.pool), progress=False)
+        runs[workers] = (out, logged, finished)
+    (seq, seq_log, seq_done), (par, par_log, par_done) = runs[1], runs[2]
+    assert list(par) == list(seq) == list(POOLS) and sorted(par_done) == sorted(seq_done) == sorted(POOLS)
+    assert sorted(par_log) == sorted(seq_log) and len(seq_log) == 4 * len(POOLS)  # every step once per pool
+    for pool in POOLS:
+        a, b = seq[pool], par[pool]
+        same = ("step", "val_acc", "rounds", "total_steps", "key")
+        assert [getattr(a, f) for f in same] == [getattr(b, f) for f in same]
+        assert [{k: v for k, v in h.items() if "seconds" not in k} for h in a.history] == \
+            [{k: v for k, v in h.items() if "seconds" not in k} for h in b.history]
+        sa, sb = a.vectors.state_dict(), b.vectors.state_dict()
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa), pool  # bit-identical
+    with pytest.raises(ValueError, match="model_spec"):
+        stage_lib.train_pools(cfg, model, processor, pools, rounds=2, checkpoint_dir=tmp_path / "x", eval_kw=eval_kw,
+                              workers=2)
+
+
 def test_bundle_refuses_another_base_model(workspace: Path, tmp_path: Path) -> None:
     from lmmops.models import adapter_for, load_model
     from lmmops.vectors import LiveVectors, VectorMismatchError

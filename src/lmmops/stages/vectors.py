@@ -6,11 +6,11 @@ MLflow/DVC).
                     teacher with demos from the same pool; selected on the val split, tested once; bundled in
                     models/<method>/ and registered as a new version of lmmops-<method> (an MLflow pyfunc)
 
-Per pool (`lmmops.vectors.stage_lib`): `distill` in `selection_rounds` segments of one schedule (resumable
-checkpoints under checkpoints/<method>/, every logged step to MLflow as train/<pool>/<metric>), val accuracy after
-each segment (selection/val_acc/<pool>), the best kept; then, after every pool is trained, the test split once:
-the selected vectors, zero-shot and `shots`-shot ICL (random demos from the pool's train items), and the timing of
-the three generations at the same batch size.
+Per pool (`lmmops.vectors.stage_lib`; `workers` pools at once on CPU): `distill` in `selection_rounds` segments of
+one schedule (resumable checkpoints under checkpoints/<method>/, every logged step to MLflow as
+train/<pool>/<metric>), val accuracy after each segment (selection/val_acc/<pool>), the best kept; then, after
+every pool is trained, the test split once: the selected vectors, zero-shot and `shots`-shot ICL (random demos
+from the pool's train items), and the timing of the three generations at the same batch size.
 
 Metrics (metrics/<method>.json, deterministic): test_acc/<pool>, zero_shot_acc/<pool>, icl_acc/<pool>,
 val_acc/<pool> and their /mean over pools, selected_step/<pool>, gap_to_icl/mean (ICL minus vectors),
@@ -73,6 +73,8 @@ def distill_config(cfg: VectorStageConfig, ctx: StageContext) -> Any:
         kw["deepspeed"] = str(ctx.path(cfg.deepspeed))
     if cfg.selection_rounds < 1:
         raise ValueError(f"{cfg.method}.selection_rounds must be >= 1, got {cfg.selection_rounds}")
+    if cfg.workers < 1:
+        raise ValueError(f"{cfg.method}.workers must be >= 1, got {cfg.workers}")
     return DistillConfig(**kw)
 
 
@@ -126,24 +128,27 @@ def run_vector_stage(cfg: VectorStageConfig, ctx: StageContext) -> dict[str, flo
     eval_kw = {"batch_size": cfg.eval_batch_size, "max_new_tokens": cfg.max_new_tokens,
                "instruction": cfg.instruction}
 
-    # 2. Train each pool; choose among the segment ends on the val split only.
-    training: dict[str, Any] = {}
-    for n, (pool, items) in enumerate(pools.items(), 1):
-        def on_log(step: int, values: dict[str, float], pool: str = pool) -> None:
-            ctx.run.log_metrics({f"train/{pool}/{k}": v for k, v in values.items()}, step=step)
+    # 2. Train each pool; choose among the segment ends on the val split only. On CPU without DeepSpeed the pools
+    #    may train in `workers` processes (same vectors as one process; see stage_lib.train_pools).
+    workers = cfg.workers if dcfg.deepspeed is None and next(model.parameters()).device.type == "cpu" else 1
+    if workers != cfg.workers:
+        log.info("%s: workers %d ignored (DeepSpeed or an accelerator: one process per device)", method, cfg.workers)
+    finished: list[str] = []
 
-        def on_val(vectors: Any, val: list[Any] = items["val"]) -> float:
-            return lib.evaluate_vectors(model, processor, vectors, val, **eval_kw)["accuracy"]
+    def on_log(pool: str, step: int, values: dict[str, float]) -> None:
+        ctx.run.log_metrics({f"train/{pool}/{k}": v for k, v in values.items()}, step=step)
 
-        result = lib.train_and_select(dcfg, model, processor, items["train"], rounds=cfg.selection_rounds,
-                                      checkpoint_dir=ctx.path(cfg.checkpoint_dir), pool=pool, evaluate_val=on_val,
-                                      on_log=on_log, progress=True)
+    def on_pool(result: Any) -> None:
         for r in result.rounds:
-            ctx.run.log_metrics({f"selection/val_acc/{pool}": r["val_acc"]}, step=int(r["step"]))
-        training[pool] = result
-        log.info("%s %d/%d %s: val acc per segment end %s -> step %d (%.3f); %.1f s training", method, n,
-                 len(pools), pool, [(int(r["step"]), round(r["val_acc"], 3)) for r in result.rounds], result.step,
-                 result.val_acc, result.train_seconds)
+            ctx.run.log_metrics({f"selection/val_acc/{result.pool}": r["val_acc"]}, step=int(r["step"]))
+        finished.append(result.pool)
+        log.info("%s %d/%d %s: val acc per segment end %s -> step %d (%.3f); %.1f s training", method, len(finished),
+                 len(pools), result.pool, [(int(r["step"]), round(r["val_acc"], 3)) for r in result.rounds],
+                 result.step, result.val_acc, result.train_seconds)
+
+    training = lib.train_pools(dcfg, model, processor, pools, rounds=cfg.selection_rounds,
+                               checkpoint_dir=ctx.path(cfg.checkpoint_dir), eval_kw=eval_kw, workers=workers,
+                               model_spec=spec, on_log=on_log, on_pool=on_pool, progress=True)
 
     # 3. The test split, once, with the selected vectors; zero-shot and k-shot ICL beside them; timings.
     test = lib.evaluate_test(model, processor, {p: t.vectors for p, t in training.items()}, pools, shots=cfg.shots,

@@ -18,7 +18,8 @@ last segment (e.g. it failed while registering) selects exactly as an uninterrup
 
 Use (what `lmmops.stages.vectors` does):
     pools = select_pools(splits, tasks=(), shots=16, where="live.tasks")
-    result = train_and_select(dcfg, model, processor, pools["vqa"], rounds=3, checkpoint_dir=..., evaluate_val=...)
+    training = train_pools(dcfg, model, processor, pools, rounds=3, checkpoint_dir=..., eval_kw=..., workers=2,
+                           model_spec="models/base")     # train_and_select per pool, in 2 processes on CPU
     test = evaluate_test(model, processor, {"vqa": result.vectors}, pools, shots=16, ...)
 
 Run: `python -m pytest tests/vectors/test_stages.py -q`.
@@ -37,13 +38,14 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from lmmops.data.icl_tasks import group_by_task
 from lmmops.data.schemas import VQAItem
@@ -189,6 +191,114 @@ def train_and_select(
     return PoolTraining(pool=pool, vectors=selected, step=best[1], val_acc=best[0], rounds=rounds_out,
                         total_steps=total, train_seconds=result.train_seconds, resumed_from=resumed_from or 0,
                         key=result.key, history=list(result.history))
+
+
+def train_pools(
+    cfg: DistillConfig,
+    model: nn.Module,
+    processor: Any,
+    pools: Mapping[str, Mapping[str, Sequence[VQAItem]]],
+    *,
+    rounds: int,
+    checkpoint_dir: Path,
+    eval_kw: Mapping[str, Any],
+    workers: int = 1,
+    model_spec: str | None = None,
+    on_log: Callable[[str, int, dict[str, float]], None] | None = None,
+    on_pool: Callable[[PoolTraining], None] | None = None,
+    progress: bool = True,
+) -> dict[str, PoolTraining]:
+    """`train_and_select` every pool (its train items; selection on its val items with `evaluate_vectors(...,
+    **eval_kw)`), in the order of `pools`.
+
+    `workers` > 1 trains the pools in that many spawned processes, each loading the base model from `model_spec`
+    once (CPU only; the caller decides). The pools are independent and a pool's training is a function of its
+    config, items, seed and the base weights only (single-threaded float work gives the same bits), so the
+    vectors, selections and histories equal the sequential run's (tests/vectors/test_stages.py checks it). Why:
+    one pool's steps are tiny single-threaded forwards, so a 2-core machine otherwise leaves a core idle. In the
+    workers `on_log(pool, step, metrics)` is replayed from each pool's history when that pool is done (live
+    otherwise); `on_pool(result)` follows each pool, in completion order with workers.
+    """
+    names = list(pools)
+    if workers <= 1 or len(names) <= 1:
+        out: dict[str, PoolTraining] = {}
+        for pool in names:
+            items = pools[pool]
+
+            def evaluate_val(vectors: VectorSet, val: Sequence[VQAItem] = items["val"]) -> float:
+                return float(evaluate_vectors(model, processor, vectors, val, **eval_kw)["accuracy"])
+
+            def log_pool(step: int, values: dict[str, float], pool: str = pool) -> None:
+                if on_log is not None:
+                    on_log(pool, step, values)
+
+            out[pool] = train_and_select(cfg, model, processor, items["train"], rounds=rounds,
+                                         checkpoint_dir=checkpoint_dir, pool=pool, evaluate_val=evaluate_val,
+                                         on_log=log_pool, progress=progress)
+            if on_pool is not None:
+                on_pool(out[pool])
+        return out
+
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    from lmmops.models import adapter_for
+    from lmmops.vectors.train import METHODS
+
+    if model_spec is None:
+        raise ValueError("train_pools: workers > 1 needs model_spec (each worker loads the base model from it)")
+    done: dict[str, PoolTraining] = {}
+    bar = tqdm(total=len(names), desc=f"{cfg.method} pools ({workers} processes)", disable=not progress,
+               dynamic_ncols=True)
+    executor = ProcessPoolExecutor(max_workers=min(workers, len(names)),
+                                   mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_worker_start, initargs=(model_spec, cfg.threads))
+    try:
+        futures = {executor.submit(_worker_train, cfg, pool, {s: list(v) for s, v in pools[pool].items()}, rounds,
+                                   str(checkpoint_dir), dict(eval_kw)): pool for pool in names}
+        pending = set(futures)
+        while pending:
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                state = future.result()  # a worker's exception (e.g. NonFiniteLossError) is raised here
+                vectors = METHODS[cfg.method].for_adapter(adapter_for(model, processor), seed=cfg.seed)
+                vectors.load_state_dict(state.pop("vectors"))
+                result = PoolTraining(vectors=vectors, **state)
+                done[result.pool] = result
+                if on_log is not None:
+                    for entry in result.history:
+                        on_log(result.pool, int(entry["step"]), {k: v for k, v in entry.items() if k != "step"})
+                if on_pool is not None:
+                    on_pool(result)
+                bar.update(1)
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
+        bar.close()
+    return {pool: done[pool] for pool in names}
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _worker_start(model_spec: str, threads: int) -> None:
+    """Process-pool initializer: load the base model once per worker (see `train_pools`)."""
+    from lmmops.models import load_model
+
+    torch.set_num_threads(threads)
+    _WORKER["model"], _WORKER["processor"] = load_model(model_spec)
+
+
+def _worker_train(cfg: DistillConfig, pool: str, items: dict[str, list[VQAItem]], rounds: int, checkpoint_dir: str,
+                  eval_kw: dict[str, Any]) -> dict[str, Any]:
+    model, processor = _WORKER["model"], _WORKER["processor"]
+
+    def evaluate_val(vectors: VectorSet) -> float:
+        return float(evaluate_vectors(model, processor, vectors, items["val"], **eval_kw)["accuracy"])
+
+    result = train_and_select(cfg, model, processor, items["train"], rounds=rounds, checkpoint_dir=Path(checkpoint_dir),
+                              pool=pool, evaluate_val=evaluate_val, progress=False)
+    state = {f.name: getattr(result, f.name) for f in fields(PoolTraining) if f.name != "vectors"}
+    return {**state, "vectors": {k: v.detach().cpu() for k, v in result.vectors.state_dict().items()}}
 
 
 # ----------------------------------------------------------------------------------------------------
