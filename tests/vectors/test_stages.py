@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -304,6 +307,40 @@ def test_pools_trained_in_two_processes_equal_the_sequential_run(workspace: Path
     with pytest.raises(ValueError, match="model_spec"):
         stage_lib.train_pools(cfg, model, processor, pools, rounds=2, checkpoint_dir=tmp_path / "x", eval_kw=eval_kw,
                               workers=2)
+
+
+@pytest.mark.slow
+def test_two_ranks_under_torchrun_track_and_register_once(workspace: Path, project: Path) -> None:
+    """`torchrun --nproc_per_node 2 -m lmmops.cli live` with ZeRO-2 on CPU: both ranks train, rank 0 alone opens
+    the MLflow run, writes the metrics file and the bundle and registers one version."""
+    import mlflow
+
+    from lmmops import tracking
+    from lmmops.tracking import STAGE_TAG
+
+    repo = Path(__file__).resolve().parents[2]
+    live = {"data_dir": str(workspace / "data"), "model": str(workspace / "model"), "tasks": ["icl/colour/en"],
+            "shots": 2, "steps": 2, "batch_size": 4, "selection_rounds": 1, "eval_batch_size": 16,
+            "max_new_tokens": 3, "latency_repeats": 1, "log_every": 1, "threads": 1,
+            "deepspeed": str(repo / "infra/deepspeed/zero2.json")}
+    (project / "params.yaml").write_text(json.dumps({"live": live}))  # JSON is YAML
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "lmmops.cli", "live"]
+    done = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, timeout=500)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-6000:]
+    assert "stage live: rank 1: done" in out and "stage live: done" in out
+    tracking.configure(project)  # this project's store (an earlier test may have pointed mlflow elsewhere)
+    runs = mlflow.search_runs(search_all_experiments=True, filter_string=f"tags.`{STAGE_TAG}` = 'live'",
+                              output_format="list")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    versions = mlflow.MlflowClient().search_model_versions("name = 'lmmops-live'")
+    assert [str(v.version) for v in versions] == ["1"]
+    assert json.loads((project / "metrics/live.json").read_text())["pools"] == 1.0
+    assert (project / "models/live/manifest.json").is_file()
 
 
 def test_bundle_refuses_another_base_model(workspace: Path, tmp_path: Path) -> None:

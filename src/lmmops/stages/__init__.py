@@ -8,6 +8,10 @@ A stage implementation is a function `(cfg, ctx: StageContext) -> dict[str, floa
 its library code (e.g. `lmmops.stages.data:generate`). They are imported lazily so that the command
 line and the flows start fast and flows/ never imports torch.
 
+Under a launcher (torchrun, deepspeed; `RANK` set), only rank 0 opens the MLflow run and writes the metrics file;
+the other ranks run the implementation with a `tracking.QuietRun`, and a stage that supports several ranks (live,
+mimic) returns on them after the collective part.
+
 The order of STAGES is the order of dvc.yaml.
 """
 
@@ -141,6 +145,11 @@ def write_json_atomic(path: Path, data: Any) -> None:
     tmp.replace(path)
 
 
+def launcher_rank() -> int:
+    """This process's rank under a launcher (torchrun, deepspeed: the RANK variable), 0 without one."""
+    return int(os.environ.get("RANK", "0") or 0)
+
+
 def run_stage(name: str, cfg: Any | None = None, *, root: Path | None = None,
               params_path: Path | None = None) -> dict[str, float]:
     """Run stage `name` with `cfg` (or its section of params.yaml) inside a tracked MLflow run."""
@@ -156,6 +165,12 @@ def run_stage(name: str, cfg: Any | None = None, *, root: Path | None = None,
     impl = getattr(importlib.import_module(module), func)
 
     started = time.perf_counter()
+    rank = launcher_rank()
+    if rank != 0:  # under torchrun / the deepspeed launcher: rank 0 alone tracks and writes the results
+        log.info("stage %s: rank %d: starting (no MLflow run, no metrics file: rank 0 writes them)", name, rank)
+        metrics = dict(impl(cfg, StageContext(root=root, run=tracking.QuietRun(root))) or {})
+        log.info("stage %s: rank %d: done in %.1f s", name, rank, time.perf_counter() - started)
+        return metrics
     log.info("stage %s: starting", name)
     with tracking.stage_run(name, root=root, params=flatten(to_dict(cfg)), params_hash=params_hash(cfg)) as run:
         if stage.key_metrics:

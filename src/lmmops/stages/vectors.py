@@ -40,7 +40,7 @@ from typing import Any
 
 from lmmops import tracking
 from lmmops.config import LiveStageConfig, MimicStageConfig, VectorStageConfig, to_dict
-from lmmops.stages import StageContext, write_json_atomic
+from lmmops.stages import StageContext, launcher_rank, write_json_atomic
 from lmmops.stages.icl import data_version
 
 log = logging.getLogger(__name__)
@@ -119,14 +119,20 @@ def run_vector_stage(cfg: VectorStageConfig, ctx: StageContext) -> dict[str, flo
     spec = ctx.model_spec(cfg.model)
     # cuda:LOCAL_RANK on a GPU host (one process per GPU under torchrun / the deepspeed launcher), else cpu.
     model, processor = load_model(spec, device=launch_device())
+    eval_kw = {"batch_size": cfg.eval_batch_size, "max_new_tokens": cfg.max_new_tokens,
+               "instruction": cfg.instruction}
+    rank = launcher_rank()
+    if rank != 0:  # a launcher's other ranks: train (the collective part), then leave the rest to rank 0
+        log.info("%s: rank %d: pools %s", method, rank, list(pools))
+        lib.train_pools(dcfg, model, processor, pools, rounds=cfg.selection_rounds,
+                        checkpoint_dir=ctx.path(cfg.checkpoint_dir), eval_kw=eval_kw, progress=False)
+        return {}
     base, base_dir = base_reference(cfg, ctx, spec, model, processor)
     log.info("%s: pools %s; base model %s version %s", method, {p: len(v["train"]) for p, v in pools.items()},
              base.name, base.version)
     ctx.run.set_tags({"lmmops.data_version": version, "lmmops.base_model": base.name,
                       "lmmops.base_model_version": base.version, "lmmops.teacher_strategy": lib.TEACHER_STRATEGY,
                       "lmmops.teacher_shots": cfg.shots})
-    eval_kw = {"batch_size": cfg.eval_batch_size, "max_new_tokens": cfg.max_new_tokens,
-               "instruction": cfg.instruction}
 
     # 2. Train each pool; choose among the segment ends on the val split only. On CPU without DeepSpeed the pools
     #    may train in `workers` processes (same vectors as one process; see stage_lib.train_pools).

@@ -187,6 +187,42 @@ class StageRun:
             yield StageRun(r.info.run_id, r.info.experiment_id, self.root)
 
 
+class QuietRun(StageRun):
+    """A StageRun that records nothing: what a launcher's rank other than 0 gets (rank 0 holds the MLflow run)."""
+
+    def __init__(self, root: Path):
+        super().__init__(run_id="", experiment_id="", root=Path(root))
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        pass
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        pass
+
+    def log_dataset(self, df: Any, *, name: str, source: str, digest: str | None = None,
+                    context: str = "input") -> None:
+        pass
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        pass
+
+    def log_dict(self, data: dict[str, Any], artifact_file: str) -> None:
+        pass
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        pass
+
+    def log_figure(self, figure: Any, artifact_file: str) -> None:
+        pass
+
+    @contextlib.contextmanager
+    def child(self, name: str, tags: dict[str, Any] | None = None) -> Iterator[StageRun]:
+        yield self
+
+
 def _dataset_source(uri: str) -> Any:
     """The first registered MLflow dataset source that understands `uri` (a path, s3://, http...).
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
@@ -172,7 +173,8 @@ def train_and_select(
         snapshot = _snapshot_path(result.checkpoint, end)
         vectors = result.vectors
         if result.steps == end:
-            torch.save({k: v.detach().cpu() for k, v in vectors.state_dict().items()}, snapshot)
+            if int(os.environ.get("RANK", "0") or 0) == 0:  # under a launcher rank 0 writes files, as distill does
+                torch.save({k: v.detach().cpu() for k, v in vectors.state_dict().items()}, snapshot)
         elif snapshot.is_file():  # the checkpoint is past this segment end (a resumed stage): its saved vectors
             vectors.load_state_dict(torch.load(snapshot, map_location="cpu", weights_only=True))
         else:  # an earlier run saved other segment ends: retrain up to this one without touching its checkpoint
