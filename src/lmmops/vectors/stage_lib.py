@@ -20,7 +20,7 @@ Use (what `lmmops.stages.vectors` does):
     pools = select_pools(splits, tasks=(), shots=16, where="live.tasks")
     training = train_pools(dcfg, model, processor, pools, rounds=3, checkpoint_dir=..., eval_kw=..., workers=2,
                            model_spec="models/base")     # train_and_select per pool, in 2 processes on CPU
-    test = evaluate_test(model, processor, {"vqa": result.vectors}, pools, shots=16, ...)
+    test = evaluate_test(model, processor, {p: t.vectors for p, t in training.items()}, pools, shots=16, ...)
 
 Run: `python -m pytest tests/vectors/test_stages.py -q`.
 
@@ -256,9 +256,8 @@ def train_pools(
                                    mp_context=multiprocessing.get_context("spawn"),
                                    initializer=_worker_start, initargs=(model_spec, cfg.threads))
     try:
-        futures = {executor.submit(_worker_train, cfg, pool, {s: list(v) for s, v in pools[pool].items()}, rounds,
-                                   str(checkpoint_dir), dict(eval_kw)): pool for pool in names}
-        pending = set(futures)
+        pending = {executor.submit(_worker_train, cfg, pool, {s: list(v) for s, v in pools[pool].items()}, rounds,
+                                   str(checkpoint_dir), dict(eval_kw)) for pool in names}
         while pending:
             finished, pending = wait(pending, return_when=FIRST_COMPLETED)
             for future in finished:
