@@ -346,6 +346,7 @@ class VectorBaselinesConfig:
     max_new_tokens: int = 8
     latency_repeats: int = 2  # timed test generations per (pool, method); latency_rel uses the best
     threads: int = 1
+    workers: int = 1  # pools fitted at once in that many processes (CPU only; the same results as 1)
     lora: LoraBaselineConfig = field(default_factory=LoraBaselineConfig)
     task_vector: TaskVectorConfig = field(default_factory=TaskVectorConfig)
     function_vector: FunctionVectorConfig = field(default_factory=FunctionVectorConfig)

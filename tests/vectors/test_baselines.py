@@ -357,3 +357,29 @@ def test_stage_end_to_end_never_chooses_on_the_test_split(workspace: Path, proje
     assert all(logged[f"latency_rel/{name}"] > 0 for name in BASELINES) and logged["seconds"] > 0
     with pytest.raises(ValueError, match="unknown pool 'icl/colour/xx'"):
         run_stage("vector-baselines", dataclasses.replace(cfg, tasks=("icl/colour/xx",)), root=project)
+
+
+def test_pools_fitted_in_two_processes_equal_the_sequential_run(workspace: Path):
+    """`workers: 2` (spawned processes, the model loaded once in each) gives the same accuracies, choices and
+    sizes as one process: every baseline is seeded per pool and single-threaded."""
+    from lmmops.data.loaders import load_vqa
+    from lmmops.stages.vector_baselines import pool_results, task_pools
+
+    cfg = dataclasses.replace(CFG, tasks=("icl/colour/en", "vqa"), lora=LoraBaselineConfig(epochs=1, batch_size=8),
+                              latency_repeats=1)
+    train = task_pools(load_vqa(workspace / "data", "train"), cfg.tasks)
+    val = task_pools(load_vqa(workspace / "data", "val"), tuple(train))
+    test = task_pools(load_vqa(workspace / "data", "test"), tuple(train))
+    runs = {}
+    for workers in (1, 2):
+        finished: list[str] = []
+        runs[workers] = pool_results(cfg, str(workspace / "model"), train, val, test, workers=workers,
+                                     on_pool=lambda n, r, finished=finished: finished.append(r["pool"]))
+        assert sorted(finished) == sorted(train)
+    seq, par = runs[1], runs[2]
+    assert list(seq) == list(par) == ["icl/colour/en", "vqa"]
+    for pool in seq:
+        for key in ("accuracy", "params", "val_accuracy", "choices"):
+            assert seq[pool][key] == par[pool][key], (pool, key)
+        assert set(seq[pool]["seconds"]) == {"zero-shot", *BASELINES} and all(
+            t > 0 for t in par[pool]["seconds"].values())

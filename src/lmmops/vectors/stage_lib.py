@@ -254,7 +254,7 @@ def train_pools(
                dynamic_ncols=True)
     executor = ProcessPoolExecutor(max_workers=min(workers, len(names)),
                                    mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_worker_start, initargs=(model_spec, cfg.threads))
+                                   initializer=start_worker, initargs=(model_spec, cfg.threads))
     try:
         pending = {executor.submit(_worker_train, cfg, pool, {s: list(v) for s, v in pools[pool].items()}, rounds,
                                    str(checkpoint_dir), dict(eval_kw)) for pool in names}
@@ -281,17 +281,25 @@ def train_pools(
 _WORKER: dict[str, Any] = {}
 
 
-def _worker_start(model_spec: str, threads: int) -> None:
-    """Process-pool initializer: load the base model once per worker (see `train_pools`)."""
+def start_worker(model_spec: str, threads: int) -> None:
+    """Process-pool initializer: load the base model once per worker process (`train_pools`, and the
+    vector-baselines stage); `worker_model()` returns it in the worker's jobs."""
     from lmmops.models import load_model
 
     torch.set_num_threads(threads)
     _WORKER["model"], _WORKER["processor"] = load_model(model_spec)
 
 
+def worker_model() -> tuple[nn.Module, Any]:
+    """The (model, processor) that `start_worker` loaded in this worker process."""
+    if "model" not in _WORKER:
+        raise RuntimeError("worker_model() outside a process started with start_worker")
+    return _WORKER["model"], _WORKER["processor"]
+
+
 def _worker_train(cfg: DistillConfig, pool: str, items: dict[str, list[VQAItem]], rounds: int, checkpoint_dir: str,
                   eval_kw: dict[str, Any]) -> dict[str, Any]:
-    model, processor = _WORKER["model"], _WORKER["processor"]
+    model, processor = worker_model()
 
     def evaluate_val(vectors: VectorSet) -> float:
         return float(evaluate_vectors(model, processor, vectors, items["val"], **eval_kw)["accuracy"])
