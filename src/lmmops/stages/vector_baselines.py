@@ -122,26 +122,38 @@ def _pool_in_worker(cfg: VectorBaselinesConfig, pool: str, train: list[Any], val
 
 def pool_results(cfg: VectorBaselinesConfig, model_spec: str, train: dict[str, list[Any]],
                  val: dict[str, list[Any]], test: dict[str, list[Any]], *, workers: int = 1,
-                 on_pool: Any = None) -> dict[str, dict[str, Any]]:
-    """`fit_and_test_pool` for every pool, in `train`'s order; `on_pool(n_done, result)` after each.
+                 on_pool: Any = None, progress: bool = True) -> dict[str, dict[str, Any]]:
+    """`fit_and_test_pool` for every pool, in `train`'s order; `on_pool(n_done, result)` after each (and a
+    progress bar over the pools).
 
     `workers` > 1 runs the pools in that many spawned processes (CPU; `cfg.threads` each), each loading the base
     model once: every baseline is seeded per pool and the float work is single-threaded, so the accuracies and
     choices equal one process's (tests/vectors/test_baselines.py checks it). The latency ratios stay fair: each
     pool's methods are timed in the same process, interleaved."""
+    from tqdm import tqdm
+
     from lmmops.models import load_model
 
     names = list(train)
     done: dict[str, dict[str, Any]] = {}
-    if workers <= 1 or len(names) <= 1:
+    processes = 1 if workers <= 1 or len(names) <= 1 else min(workers, len(names))
+    bar = tqdm(total=len(names), desc=f"vector-baselines pools ({processes} process{'es' * (processes > 1)})",
+               disable=not progress, dynamic_ncols=True)
+
+    def finish(result: dict[str, Any]) -> None:
+        done[result["pool"]] = result
+        if on_pool is not None:
+            on_pool(len(done), result)
+        bar.update(1)
+
+    if processes == 1:
         model, processor = load_model(model_spec)
         _warm_up(cfg, model, processor, next(iter(val.values())))
         for pool in names:
             log.info("vector-baselines: pool %d/%d %s (%d train, %d val, %d test)", len(done) + 1, len(names), pool,
                      len(train[pool]), len(val[pool]), len(test[pool]))
-            done[pool] = fit_and_test_pool(cfg, model, processor, pool, train[pool], val[pool], test[pool])
-            if on_pool is not None:
-                on_pool(len(done), done[pool])
+            finish(fit_and_test_pool(cfg, model, processor, pool, train[pool], val[pool], test[pool]))
+        bar.close()
         return done
 
     import multiprocessing
@@ -149,8 +161,7 @@ def pool_results(cfg: VectorBaselinesConfig, model_spec: str, train: dict[str, l
 
     from lmmops.vectors.stage_lib import start_worker
 
-    log.info("vector-baselines: %d pools in %d processes", len(names), min(workers, len(names)))
-    executor = ProcessPoolExecutor(max_workers=min(workers, len(names)),
+    executor = ProcessPoolExecutor(max_workers=processes,
                                    mp_context=multiprocessing.get_context("spawn"),
                                    initializer=start_worker, initargs=(model_spec, cfg.threads))
     try:
@@ -158,12 +169,10 @@ def pool_results(cfg: VectorBaselinesConfig, model_spec: str, train: dict[str, l
         while pending:
             finished, pending = wait(pending, return_when=FIRST_COMPLETED)
             for future in finished:
-                result = future.result()  # a worker's exception is raised here
-                done[result["pool"]] = result
-                if on_pool is not None:
-                    on_pool(len(done), result)
+                finish(future.result())  # a worker's exception is raised here
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
+        bar.close()
     return {pool: done[pool] for pool in names}
 
 
