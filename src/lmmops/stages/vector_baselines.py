@@ -17,7 +17,8 @@ epoch and their validation accuracies) and the timings are in reports/vector_bas
 
 `workers` (params.yaml: 2) fits the pools in that many spawned processes on CPU, each loading the base model
 once and doing one pool's whole job (fit, test, timings): the same metrics as one process (`threads: 1`, every
-baseline seeded per pool), about 40% less wall time on 2 cores. On an accelerator it is ignored.
+baseline seeded per pool), ~15% less wall time on 2 cores (each worker first spends ~10 s importing the stack and
+loading the model). On an accelerator it is ignored.
 
 Run: `lmmops vector-baselines` (dvc.yaml stage `vector-baselines`); `python -m pytest
 tests/vectors/test_baselines.py -q`.
@@ -165,7 +166,9 @@ def pool_results(cfg: VectorBaselinesConfig, model_spec: str, train: dict[str, l
                                    mp_context=multiprocessing.get_context("spawn"),
                                    initializer=start_worker, initargs=(model_spec, cfg.threads))
     try:
-        pending = {executor.submit(_pool_in_worker, cfg, pool, train[pool], val[pool], test[pool]) for pool in names}
+        # Largest pools first (the "vqa" pool is ~5x an ICL task's), so that no long job is left for the end.
+        by_size = sorted(names, key=lambda p: -(len(train[p]) + len(val[p]) + len(test[p])))
+        pending = {executor.submit(_pool_in_worker, cfg, pool, train[pool], val[pool], test[pool]) for pool in by_size}
         while pending:
             finished, pending = wait(pending, return_when=FIRST_COMPLETED)
             for future in finished:
