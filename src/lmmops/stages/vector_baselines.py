@@ -157,24 +157,14 @@ def pool_results(cfg: VectorBaselinesConfig, model_spec: str, train: dict[str, l
         bar.close()
         return done
 
-    import multiprocessing
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from lmmops.vectors.stage_lib import map_in_workers
 
-    from lmmops.vectors.stage_lib import start_worker
-
-    executor = ProcessPoolExecutor(max_workers=processes,
-                                   mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=start_worker, initargs=(model_spec, cfg.threads))
+    # Largest pools first (the "vqa" pool is ~5x an ICL task's), so that no long job is left for the end.
+    by_size = sorted(names, key=lambda p: -(len(train[p]) + len(val[p]) + len(test[p])))
     try:
-        # Largest pools first (the "vqa" pool is ~5x an ICL task's), so that no long job is left for the end.
-        by_size = sorted(names, key=lambda p: -(len(train[p]) + len(val[p]) + len(test[p])))
-        pending = {executor.submit(_pool_in_worker, cfg, pool, train[pool], val[pool], test[pool]) for pool in by_size}
-        while pending:
-            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for future in finished:
-                finish(future.result())  # a worker's exception is raised here
+        map_in_workers(_pool_in_worker, [(cfg, pool, train[pool], val[pool], test[pool]) for pool in by_size],
+                       model_spec=model_spec, threads=cfg.threads, workers=processes, on_result=finish)
     finally:
-        executor.shutdown(wait=True, cancel_futures=True)
         bar.close()
     return {pool: done[pool] for pool in names}
 

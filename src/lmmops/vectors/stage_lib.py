@@ -241,41 +241,54 @@ def train_pools(
                 on_pool(out[pool])
         return out
 
-    import multiprocessing
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-
     from lmmops.models import adapter_for
     from lmmops.vectors.train import METHODS
 
     if model_spec is None:
         raise ValueError("train_pools: workers > 1 needs model_spec (each worker loads the base model from it)")
     done: dict[str, PoolTraining] = {}
+
+    def finish(state: dict[str, Any]) -> None:
+        vectors = METHODS[cfg.method].for_adapter(adapter_for(model, processor), seed=cfg.seed)
+        vectors.load_state_dict(state.pop("vectors"))
+        result = PoolTraining(vectors=vectors, **state)
+        done[result.pool] = result
+        if on_log is not None:
+            for entry in result.history:
+                on_log(result.pool, int(entry["step"]), {k: v for k, v in entry.items() if k != "step"})
+        if on_pool is not None:
+            on_pool(result)
+        bar.update(1)
+
     bar = tqdm(total=len(names), desc=f"{cfg.method} pools ({workers} processes)", disable=not progress,
                dynamic_ncols=True)
-    executor = ProcessPoolExecutor(max_workers=min(workers, len(names)),
-                                   mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=start_worker, initargs=(model_spec, cfg.threads))
     try:
-        pending = {executor.submit(_worker_train, cfg, pool, {s: list(v) for s, v in pools[pool].items()}, rounds,
-                                   str(checkpoint_dir), dict(eval_kw)) for pool in names}
+        map_in_workers(_worker_train, [(cfg, pool, {s: list(v) for s, v in pools[pool].items()}, rounds,
+                                        str(checkpoint_dir), dict(eval_kw)) for pool in names],
+                       model_spec=model_spec, threads=cfg.threads, workers=min(workers, len(names)), on_result=finish)
+    finally:
+        bar.close()
+    return {pool: done[pool] for pool in names}
+
+
+def map_in_workers(job: Callable[..., Any], jobs: Sequence[tuple[Any, ...]], *, model_spec: str, threads: int,
+                   workers: int, on_result: Callable[[Any], None]) -> None:
+    """`job(*args)` for every `args` in `jobs`, in `workers` spawned processes that each load the base model once
+    (`start_worker`; `worker_model()` inside `job`). Submitted in the order of `jobs`; `on_result(result)` as each
+    finishes (completion order); a job's exception is raised here and the rest are cancelled."""
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    executor = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=start_worker, initargs=(model_spec, threads))
+    try:
+        pending = {executor.submit(job, *args) for args in jobs}
         while pending:
             finished, pending = wait(pending, return_when=FIRST_COMPLETED)
             for future in finished:
-                state = future.result()  # a worker's exception (e.g. NonFiniteLossError) is raised here
-                vectors = METHODS[cfg.method].for_adapter(adapter_for(model, processor), seed=cfg.seed)
-                vectors.load_state_dict(state.pop("vectors"))
-                result = PoolTraining(vectors=vectors, **state)
-                done[result.pool] = result
-                if on_log is not None:
-                    for entry in result.history:
-                        on_log(result.pool, int(entry["step"]), {k: v for k, v in entry.items() if k != "step"})
-                if on_pool is not None:
-                    on_pool(result)
-                bar.update(1)
+                on_result(future.result())
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
-        bar.close()
-    return {pool: done[pool] for pool in names}
 
 
 _WORKER: dict[str, Any] = {}
