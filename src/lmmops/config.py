@@ -241,6 +241,9 @@ class VectorStageConfig:
     eval_batch_size: int = 64
     max_new_tokens: int = 8
     latency_repeats: int = 3  # generation timings: best of this many
+    # Test-split k-shot ICL (the reference the vectors are compared with): independent demo draws per query,
+    # each query scored by its mean over them (one draw adds the draw's own variance to a ~27-item pool).
+    icl_draws: int = 4
     promote_margin: float = 0.0  # champion moves when the new mean val accuracy >= champion's + this
     seed: int = 0
     log_every: int = 5

@@ -42,7 +42,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _cfg(cls: type, workspace: Path, **kw: Any) -> Any:
     base = {"data_dir": str(workspace / "data"), "model": str(workspace / "model"), "tasks": POOLS, "shots": 2,
             "steps": 4, "batch_size": 4, "selection_rounds": 2, "eval_batch_size": 16, "max_new_tokens": 3,
-            "latency_repeats": 1, "log_every": 1, "threads": 1}
+            "latency_repeats": 1, "icl_draws": 2, "log_every": 1, "threads": 1}
     return cls(**{**base, **kw})
 
 
@@ -105,6 +105,7 @@ def test_mimic_stage_selects_on_val_tests_once_and_registers_a_pyfunc(
     expected = MimicVectors.for_adapter(adapter_for(tiny_model, tiny_processor)).num_parameters()
     assert metrics["trainable_params"] == expected
     assert metrics["gap_to_icl/mean"] == pytest.approx(metrics["icl_acc/mean"] - metrics["test_acc/mean"])
+    assert metrics["icl_draws"] == cfg.icl_draws == 2
     for p in POOLS:  # the paired gap on the same items: its mean is the difference of the two accuracies
         assert metrics[f"gap_to_icl/{p}"] == pytest.approx(metrics[f"icl_acc/{p}"] - metrics[f"test_acc/{p}"])
         assert metrics[f"test_items/{p}"] >= 1

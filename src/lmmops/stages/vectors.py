@@ -10,12 +10,13 @@ Per pool (`lmmops.vectors.stage_lib`; `workers` pools at once on CPU): `distill`
 one schedule (resumable checkpoints under checkpoints/<method>/, every logged step to MLflow as
 train/<pool>/<metric>), val accuracy after each segment (selection/val_acc/<pool>), the best kept; then, after
 every pool is trained, the test split once: the selected vectors, zero-shot and `shots`-shot ICL (random demos
-from the pool's train items), and the timing of the three generations at the same batch size.
+from the pool's train items, `icl_draws` draws per query averaged), and the timing of the three generations at
+the same batch size.
 
 Metrics (metrics/<method>.json, deterministic): test_acc/<pool>, zero_shot_acc/<pool>, icl_acc/<pool>,
 val_acc/<pool> and their /mean over pools, selected_step/<pool>, gap_to_icl/mean (ICL minus vectors),
-gain_over_zero_shot/mean, trainable_params (one pool's set), pools, shots. Timings go to the MLflow run only
-(the metrics file stays deterministic, as for every stage): latency_rel and icl_latency_rel (generation time over
+gain_over_zero_shot/mean, trainable_params (one pool's set), pools, shots, icl_draws. Timings go to the MLflow run
+only (the metrics file stays deterministic, as for every stage): latency_rel and icl_latency_rel (generation time over
 zero-shot's, summed over pools, best of `latency_repeats`), train_seconds, and from run_stage, seconds.
 
 Registration: the bundle (`lmmops.vectors.bundle`) is logged as a pyfunc (`lmmops.tracking.pyfunc`) and
@@ -158,9 +159,10 @@ def run_vector_stage(cfg: VectorStageConfig, ctx: StageContext) -> dict[str, flo
 
     # 3. The test split, once, with the selected vectors; zero-shot and k-shot ICL beside them; timings.
     test = lib.evaluate_test(model, processor, {p: t.vectors for p, t in training.items()}, pools, shots=cfg.shots,
-                             seed=cfg.seed, repeats=cfg.latency_repeats, **eval_kw)
+                             seed=cfg.seed, repeats=cfg.latency_repeats, icl_draws=cfg.icl_draws, **eval_kw)
     trainable = next(iter(training.values())).vectors.num_parameters()
-    metrics = lib.stage_metrics(training, test, trainable_params=trainable, shots=cfg.shots)
+    metrics = lib.stage_metrics(training, test, trainable_params=trainable, shots=cfg.shots,
+                                icl_draws=cfg.icl_draws)
     latency = {"vectors": test.latency_rel("vectors"), "icl": test.latency_rel("icl")}
     ctx.run.log_metrics({"latency_rel": latency["vectors"], "icl_latency_rel": latency["icl"],
                          "train_seconds": sum(t.train_seconds for t in training.values())})

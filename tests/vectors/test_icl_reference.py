@@ -1,0 +1,89 @@
+"""The k-shot ICL reference of the live/mimic test split: independent demo draws, averaged (hand-computed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import lmmops.icl.inference as inference
+from lmmops.data.schemas import VQAAnswer, VQAItem
+from lmmops.vectors import stage_lib
+from lmmops.vectors.stage_lib import evaluate_test, icl_demos
+
+
+def item(i: int, answer: str, split: str) -> VQAItem:
+    answers = tuple(VQAAnswer(answer, "yes", j) for j in range(10))
+    return VQAItem(i, i, "What color is the shape?", "icl/colour/en", "other", answer, answers,
+                   Path(f"{i}.png"), split)
+
+
+def test_draw_zero_is_the_single_draw_and_other_draws_differ() -> None:
+    pool = [item(i, "red", "train") for i in range(40)]
+    query = pool[3]
+    single = icl_demos(query, pool, 8, seed=0, index=5)
+    assert icl_demos(query, pool, 8, seed=0, index=5, draw=0) == single
+    draws = [icl_demos(query, pool, 8, seed=0, index=5, draw=d) for d in range(4)]
+    assert len({tuple(x.question_id for x in d) for d in draws}) == 4
+    for d in draws:
+        assert len({x.question_id for x in d}) == 8 and query.question_id not in {x.question_id for x in d}
+
+
+class FakeRunner:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.model = None
+
+
+def test_each_query_is_scored_by_its_mean_over_the_draws(monkeypatch: pytest.MonkeyPatch) -> None:
+    train = [item(i, "red", "train") for i in range(10)]
+    test = [item(100 + i, "red", "test") for i in range(3)]
+
+    # ICL answers right exactly when the first demo has an even question id: the score of each query under
+    # each draw follows from icl_demos, so the expected means are computed here by hand from the same draws.
+    def fake_generate(runner: Any, prompts: list[tuple[list[VQAItem], VQAItem]], vectors: Any,
+                      instruction: Any) -> tuple[list[str], float]:
+        return ["red" if demos[0].question_id % 2 == 0 else "blue" for demos, _ in prompts], 1.0
+
+    def fake_vectors(model: Any, processor: Any, vs: Any, items: Any, *, samples_out: Any = None,
+                     **kw: Any) -> dict[str, float]:
+        if samples_out is not None:  # the vectors get the first query right only
+            samples_out += [{"accuracy": 1.0 if k == 0 else 0.0} for k in range(len(items))]
+            return {"accuracy": 1 / 3}
+        return {"accuracy": 0.0}
+
+    monkeypatch.setattr(inference, "ICLRunner", FakeRunner)
+    monkeypatch.setattr(stage_lib, "_generate", fake_generate)
+    monkeypatch.setattr(stage_lib, "evaluate_vectors", fake_vectors)
+    monkeypatch.setattr(stage_lib, "generation_seconds",
+                        lambda *a, **k: {"zero-shot": 1.0, "vectors": 1.0})
+    pools = {"p": {"train": train, "val": [], "test": test}}
+
+    expected = []
+    for i, q in enumerate(test):
+        hits = [icl_demos(q, train, 4, seed=7, index=i, draw=d)[0].question_id % 2 == 0 for d in range(3)]
+        expected.append(sum(hits) / 3)
+    assert len(set(expected)) > 1 or 0 < expected[0] < 1  # the draws do disagree somewhere
+
+    result = evaluate_test(None, None, {"p": object()}, pools, shots=4, seed=7, batch_size=8, max_new_tokens=4,
+                           instruction=None, repeats=1, icl_draws=3)
+    assert result.icl_acc["p"] == pytest.approx(sum(expected) / 3)
+    gap, _ = result.gap["p"]
+    assert gap == pytest.approx(sum(e - v for e, v in zip(expected, [1.0, 0.0, 0.0], strict=True)) / 3)
+
+    one = evaluate_test(None, None, {"p": object()}, pools, shots=4, seed=7, batch_size=8, max_new_tokens=4,
+                        instruction=None, repeats=1, icl_draws=1)
+    first_draw = [float(icl_demos(q, train, 4, seed=7, index=i)[0].question_id % 2 == 0) for i, q in enumerate(test)]
+    assert one.icl_acc["p"] == pytest.approx(sum(first_draw) / 3)
+
+    with pytest.raises(ValueError, match="icl_draws must be >= 1"):
+        evaluate_test(None, None, {"p": object()}, pools, shots=4, seed=7, batch_size=8, max_new_tokens=4,
+                      instruction=None, repeats=1, icl_draws=0)
+
+
+def test_the_table_names_the_number_of_draws() -> None:
+    metrics = {"test_acc/p": 0.5, "zero_shot_acc/p": 0.1, "icl_acc/p": 0.6, "val_acc/p": 0.5,
+               "test_acc/mean": 0.5, "zero_shot_acc/mean": 0.1, "icl_acc/mean": 0.6, "val_acc/mean": 0.5,
+               "trainable_params": 516.0, "icl_draws": 4.0}
+    assert "16-shot ICL (mean of 4 demo draws)" in stage_lib.results_markdown("live", metrics, {}, 16)
+    assert "mean of" not in stage_lib.results_markdown("live", {**metrics, "icl_draws": 1.0}, {}, 16)
