@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import tempfile
@@ -43,8 +44,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import faiss
-import numpy as np
+# faiss's loader logs at INFO a ModuleNotFoundError for its optional per-ISA module before it loads the one
+# that dispatches at run time (compiled with "DD AVX2"): a message that reads as a failure in every stage log.
+logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+import faiss  # noqa: E402
+import numpy as np  # noqa: E402
 
 MANIFEST = "manifest.json"
 INDEX_FILE = "index.faiss"
