@@ -156,6 +156,7 @@ def test_mimic_stage_selects_on_val_tests_once_and_registers_a_pyfunc(
     data = report.collect(project)
     rows = {r["method"]: r for r in data["vectors"]["rows"]}
     assert {"zero-shot", "2-shot ICL", "MimIC"} <= set(rows)
+    assert rows["2-shot ICL"]["icl_draws"] == 2
     assert rows["MimIC"]["test_acc"] == pytest.approx(metrics["test_acc/mean"])
     assert rows["MimIC"]["trainable_params"] == metrics["trainable_params"]
     assert rows["zero-shot"]["latency_rel"] == 1.0 and rows["MimIC"]["latency_rel"] == info["metrics"]["latency_rel"]
