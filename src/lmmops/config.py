@@ -150,6 +150,10 @@ class BootstrapConfig:
     # extra text reasoning rows drawn from the DeepScaler generator (fresh seed, test problems excluded)
     extra_reasoning_rows: int = 40000
     extra_reasoning_levels: tuple[int, ...] = (1, 2, 1, 2, 1, 2, 3, 4, 5)  # DeepScaler levels of those rows, in turn
+    # arithmetic drill rows: equations of the generator's traces ("so 8 + 7 = 15."), loss on the results only
+    arithmetic_drill_share: float = 0.0  # share of the rows of a batch (taken from the text reasoning rows)
+    arithmetic_drill_pack: int = 12  # equations per drill row (~135 tokens: no wider than an ICL episode)
+    arithmetic_drill_levels: tuple[int, ...] = (1, 2)  # DeepScaler levels whose trace equations are drilled
     # bookkeeping
     checkpoint_every: int = 100
     log_every: int = 10

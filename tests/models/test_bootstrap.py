@@ -23,8 +23,12 @@ from lmmops.models.bootstrap import (
     build_processor,
     combine_losses,
     corpus_texts,
+    drill_equations,
+    drill_row,
+    encode,
     extra_math_rows,
     load_corpora,
+    sample_batch,
     telling_twin_answer,
     train,
 )
@@ -100,6 +104,51 @@ def test_extra_math_rows_take_the_levels_in_turn_and_skip_excluded_problems() ->
     assert rows[0].solution.startswith("<think>has ")
     with pytest.raises(ValueError, match="extra_reasoning_levels"):
         extra_math_rows(1, seed=0, exclude=set(), levels=(1, 7))
+
+
+def test_drill_equations_are_the_traces_integer_equations_and_hold() -> None:
+    equations = drill_equations(40, seed=0, levels=(1, 2))
+    assert len(equations) == 40
+    for eq in equations:
+        lhs, result = eq.removesuffix(".").split(" = ")
+        a, op, b = lhs.split(" ")
+        assert {"+": int(a) + int(b), "-": int(a) - int(b), "*": int(a) * int(b)}[op] == int(result), eq
+    # A level-2 trace holds two equations, the second using the first's result.
+    level2 = drill_equations(2, seed=0, levels=(2,))
+    assert level2[1].startswith(level2[0].split(" = ")[1].removesuffix(".") + " ")
+    with pytest.raises(ValueError, match="arithmetic_drill_levels"):
+        drill_equations(1, seed=0, levels=(0,))
+
+
+def test_drill_row_puts_the_loss_on_each_result_and_its_full_stop_only(data_dir: Path) -> None:
+    corpora = load_corpora(data_dir, "train")
+    processor = build_processor(corpus_texts(corpora))
+    tok = processor.tokenizer
+    enc = encode(corpora, processor, image_seq_length=4)
+    row = drill_row(enc, tok, ["8 + 7 = 15.", "6 * 5 = 30."])
+    assert row.group == "arithmetic" and row.ids[0] == enc.bos and row.images == []
+    assert tok.decode(row.ids[1:]) == " so 8 + 7 = 15. so 6 * 5 = 30."  # the traces' own wording
+    assert tok.unk_token_id not in row.ids
+    # labelled: "▁1" "5" "." and "▁3" "0" "."; nothing of "so 8 + 7 =" (random operands)
+    labelled = [tok.convert_ids_to_tokens(i) for i, lab in zip(row.ids, row.labels, strict=True) if lab]
+    assert labelled == ["▁1", "5", ".", "▁3", "0", "."]
+
+
+def test_the_drill_share_takes_its_rows_from_the_text_reasoning_rows(data_dir: Path) -> None:
+    import numpy as np
+
+    corpora = load_corpora(data_dir, "train")
+    corpora.drill = drill_equations(50, seed=0)
+    processor = build_processor(corpus_texts(corpora))
+    enc = encode(corpora, processor, image_seq_length=4)
+    cfg = dataclasses.replace(TINY, arithmetic_drill_share=0.25, arithmetic_drill_pack=3)
+    groups = [r.group for r in sample_batch(np.random.default_rng(0), corpora, enc, processor.tokenizer, cfg)]
+    base = [r.group for r in sample_batch(np.random.default_rng(0), corpora, enc, processor.tokenizer, TINY)]
+    assert len(groups) == len(base) == cfg.batch_size
+    assert groups.count("arithmetic") == 2 and groups.count("reasoning") == base.count("reasoning") - 2
+    with pytest.raises(ValueError, match="shares must sum to at most 1"):
+        sample_batch(np.random.default_rng(0), corpora, enc, processor.tokenizer,
+                     dataclasses.replace(cfg, arithmetic_drill_share=0.9))
 
 
 def test_telling_twin_answer_hand_computed() -> None:
