@@ -51,6 +51,7 @@ TINY = BootstrapConfig(
     max_shots=2,
     vqa_pack=2,
     extra_reasoning_rows=0,
+    arithmetic_drill_share=0.125,  # one drill row of the 8
     checkpoint_every=10,
     log_every=5,
     eval_shots=(0, 1, 2),
