@@ -144,9 +144,11 @@ def test_the_drill_share_takes_its_rows_from_the_text_reasoning_rows(data_dir: P
     enc = encode(corpora, processor, image_seq_length=4)
     cfg = dataclasses.replace(TINY, arithmetic_drill_share=0.25, arithmetic_drill_pack=3)
     groups = [r.group for r in sample_batch(np.random.default_rng(0), corpora, enc, processor.tokenizer, cfg)]
-    base = [r.group for r in sample_batch(np.random.default_rng(0), corpora, enc, processor.tokenizer, TINY)]
+    no_drill = dataclasses.replace(TINY, arithmetic_drill_share=0.0)
+    base = [r.group for r in sample_batch(np.random.default_rng(0), corpora, enc, processor.tokenizer, no_drill)]
     assert len(groups) == len(base) == cfg.batch_size
-    assert groups.count("arithmetic") == 2 and groups.count("reasoning") == base.count("reasoning") - 2
+    assert base.count("arithmetic") == 0 and groups.count("arithmetic") == 2
+    assert groups.count("reasoning") == base.count("reasoning") - 2
     with pytest.raises(ValueError, match="shares must sum to at most 1"):
         sample_batch(np.random.default_rng(0), corpora, enc, processor.tokenizer,
                      dataclasses.replace(cfg, arithmetic_drill_share=0.9))

@@ -425,7 +425,7 @@ def drill_row(enc: Encoded, tok: Any, equations: Sequence[str]) -> Row:
         text += f" {result}"
     e = tok(text, add_special_tokens=False, return_offsets_mapping=True)
     labels = [any(a <= start and end <= b for a, b in spans) for start, end in e["offset_mapping"]]
-    return Row([enc.bos] + list(e["input_ids"]), [False] + labels, [], "arithmetic")
+    return Row([enc.bos, *e["input_ids"]], [False, *labels], [], "arithmetic")
 
 
 def sample_batch(rng: np.random.Generator, corpora: Corpora, enc: Encoded, tok: Any, cfg: BootstrapConfig) -> list[Row]:
