@@ -80,12 +80,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import os
 import re
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -180,24 +181,28 @@ def load_corpora(data_dir: Path, split: str) -> Corpora:
     )
 
 
-def extra_math_rows(n: int, seed: int, exclude: set[str], levels: Sequence[int] = (1, 2, 3, 4, 5)) -> list[MathItem]:
-    """`n` more DeepScaler-style rows of `levels` (in turn) from the data layer's generator (own seed;
-    `exclude`d problems skipped)."""
+def _generated_rows(seed: int, stream: int, levels: Sequence[int], key: str) -> Iterator[dict[str, Any]]:
+    """Rows of the data layer's DeepScaler generator, of `levels` in turn, from the random stream [seed, stream]
+    (its own, so that the rows do not depend on how many others were drawn); `key` names the levels' setting."""
     from lmmops.data.synthetic.deepscaler import LEVELS, make_row
 
     unknown = [lv for lv in levels if lv not in LEVELS]
     if unknown or not levels:
-        raise ValueError(f"bootstrap.extra_reasoning_levels: {list(levels)} must be a non-empty list of "
-                         f"{sorted(LEVELS)}")
-    rng = np.random.default_rng([seed, 9_001])
+        raise ValueError(f"bootstrap.{key}: {list(levels)} must be a non-empty list of {sorted(LEVELS)}")
+    rng = np.random.default_rng([seed, stream])
+    for i in itertools.count():
+        yield make_row(rng, levels[i % len(levels)])
+
+
+def extra_math_rows(n: int, seed: int, exclude: set[str], levels: Sequence[int] = (1, 2, 3, 4, 5)) -> list[MathItem]:
+    """`n` more DeepScaler-style rows of `levels` (in turn) from the data layer's generator (own seed;
+    `exclude`d problems skipped)."""
     rows: list[MathItem] = []
-    i = 0
-    while len(rows) < n:
-        row = make_row(rng, levels[i % len(levels)])
-        i += 1
-        if row["problem"] in exclude:
-            continue
-        rows.append(MathItem(f"extra:{i}", row["problem"], row["answer"], row["solution"], row["level"], "train"))
+    for i, row in enumerate(_generated_rows(seed, 9_001, levels, "extra_reasoning_levels"), start=1):
+        if len(rows) >= n:
+            break
+        if row["problem"] not in exclude:
+            rows.append(MathItem(f"extra:{i}", row["problem"], row["answer"], row["solution"], row["level"], "train"))
     return rows
 
 
@@ -208,22 +213,15 @@ _EQUATION = re.compile(r"(?<![\w.])\d+ [-+*] \d+ = -?\d+\.")
 def drill_equations(n: int, seed: int, levels: Sequence[int] = (1, 2)) -> list[str]:
     """`n` equations ("8 + 7 = 15.") taken in order from the worked solutions of freshly generated DeepScaler
     rows of `levels` (in turn; own seed): the arithmetic facts the traces need, at the generator's frequencies."""
-    from lmmops.data.synthetic.deepscaler import LEVELS, make_row
-
-    unknown = [lv for lv in levels if lv not in LEVELS]
-    if unknown or not levels:
-        raise ValueError(f"bootstrap.arithmetic_drill_levels: {list(levels)} must be a non-empty list of "
-                         f"{sorted(LEVELS)}")
-    rng = np.random.default_rng([seed, 9_002])
     out: list[str] = []
-    i = 0
-    while len(out) < n:
-        found = _EQUATION.findall(make_row(rng, levels[i % len(levels)])["solution"] or "")
-        if not found and i >= len(levels) and not out:
+    for i, row in enumerate(_generated_rows(seed, 9_002, levels, "arithmetic_drill_levels")):
+        if len(out) >= n:
+            break
+        found = _EQUATION.findall(row["solution"] or "")
+        if not found and not out and i >= len(levels):
             raise ValueError(f"bootstrap.arithmetic_drill_levels: the traces of levels {list(levels)} hold no "
                              f"integer equation to drill")
         out += found
-        i += 1
     return out[:n]
 
 
