@@ -144,6 +144,10 @@ class BootstrapConfig:
     multimodal_reasoning_share: float = 0.03125
     describe_share: float = 0.0625  # attribute questions on the ICL images (direct vision supervision)
     max_shots: int = 8  # demonstrations per ICL training episode
+    # long ICL episodes: each takes the place of long_max_shots // max_shots ordinary ones (the same number of
+    # answers) and is forwarded as a second sub-batch, so the short rows are not padded to its width
+    long_icl_rows: int = 0
+    long_max_shots: int = 16
     vqa_pack: int = 6  # ordinary VQA questions packed into one row
     reasoning_pack: int = 1  # reasoning examples (text or multimodal) packed into one row
     icl_loss_weight: float = 2.0  # weight of the ICL episodes' loss against each other group's (weight 1)

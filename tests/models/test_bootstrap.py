@@ -6,6 +6,7 @@ Run: `.venv/bin/python -m pytest tests/models/test_bootstrap.py -q` (about a min
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 import pytest
@@ -27,8 +28,11 @@ from lmmops.models.bootstrap import (
     drill_row,
     encode,
     extra_math_rows,
+    group_losses,
     load_corpora,
+    mean_group_losses,
     sample_batch,
+    sub_batches,
     telling_twin_answer,
     train,
 )
@@ -52,6 +56,8 @@ TINY = BootstrapConfig(
     vqa_pack=2,
     extra_reasoning_rows=0,
     arithmetic_drill_share=0.125,  # one drill row of the 8
+    long_icl_rows=1,  # one 4-shot episode in place of two 2-shot ones, forwarded as a second sub-batch
+    long_max_shots=4,
     checkpoint_every=10,
     log_every=5,
     eval_shots=(0, 1, 2),
@@ -94,6 +100,45 @@ def test_combine_losses_hand_computed() -> None:
     assert combine_losses({"vqa": torch.tensor(3.0)}, icl_weight=5.0).item() == pytest.approx(3.0)
     with pytest.raises(ValueError, match="no loss groups"):
         combine_losses({"separator": torch.tensor(1.0)})
+
+
+def test_group_losses_average_each_group_over_every_sub_batch_hand_computed() -> None:
+    # Two sub-batches: the "icl" answers' summed losses 3 (1 position) and 5 (3 positions) pool to 8 / 4 = 2,
+    # not to the mean of the sub-batch means ((3 + 5/3) / 2 = 2.33).
+    parts = [{"icl": (torch.tensor(3.0), torch.tensor(1))},
+             {"icl": (torch.tensor(5.0), torch.tensor(3)), "vqa": (torch.tensor(1.5), torch.tensor(3))}]
+    losses = mean_group_losses(parts)
+    assert losses["icl"].item() == pytest.approx(2.0) and losses["vqa"].item() == pytest.approx(0.5)
+    # group_losses on one batch: row 0 ("icl") labels positions 1, 2; row 1 ("vqa") position 1 is a separator.
+    logits = torch.log(torch.tensor([[[0.5, 0.5, 0.0], [0.25, 0.75, 0.0], [1 / 3, 1 / 3, 1 / 3]],
+                                     [[0.5, 0.25, 0.25], [1 / 3, 1 / 3, 1 / 3], [1 / 3, 1 / 3, 1 / 3]]]))
+    batch = {"input_ids": torch.tensor([[0, 1, 1], [0, 2, 0]]),
+             "loss_mask": torch.tensor([[False, True, True], [False, True, False]])}
+    out = group_losses(logits, batch, ["icl", "vqa"], sep_id=2)
+    assert out["icl"].item() == pytest.approx((-math.log(0.5) - math.log(0.75)) / 2)
+    assert out["separator"].item() == pytest.approx(-math.log(0.25))
+    assert out["vqa"].item() == 0.0  # no content positions left
+
+
+def test_long_icl_episodes_take_the_place_of_ordinary_ones_and_forward_apart(data_dir: Path) -> None:
+    import numpy as np
+
+    corpora = load_corpora(data_dir, "train")
+    processor = build_processor(corpus_texts(corpora))
+    enc = encode(corpora, processor, image_seq_length=4)
+    cfg = dataclasses.replace(TINY, batch_size=16, icl_share=0.5, long_icl_rows=2, long_max_shots=4)
+    rows = sample_batch(np.random.default_rng(0), corpora, enc, processor.tokenizer, cfg)
+    icl = [r for r in rows if r.group == "icl"]
+    # 8 ICL rows of 2 shots -> 4 of 2 shots + 2 of 4 shots (each long one replaces 4 // 2 = 2): the same answers
+    assert [len(r.images) for r in icl] == [3, 3, 3, 3, 5, 5]
+    assert [r.long for r in rows][-2:] == [True, True] and sum(r.long for r in rows) == 2
+    assert len(rows) == cfg.batch_size - 2
+    short, long = sub_batches(rows)
+    assert all(not r.long for r in short) and long == rows[-2:]
+    assert sub_batches(rows[:-2]) == [rows[:-2]]  # no long episodes: one batch, as before
+    with pytest.raises(ValueError, match="long_icl_rows 5 take the place of 10 ICL episodes"):
+        sample_batch(np.random.default_rng(0), corpora, enc, processor.tokenizer,
+                     dataclasses.replace(cfg, long_icl_rows=5))
 
 
 def test_extra_math_rows_take_the_levels_in_turn_and_skip_excluded_problems() -> None:
@@ -142,9 +187,9 @@ def test_the_drill_share_takes_its_rows_from_the_text_reasoning_rows(data_dir: P
     corpora.drill = drill_equations(50, seed=0)
     processor = build_processor(corpus_texts(corpora))
     enc = encode(corpora, processor, image_seq_length=4)
-    cfg = dataclasses.replace(TINY, arithmetic_drill_share=0.25, arithmetic_drill_pack=3)
+    cfg = dataclasses.replace(TINY, arithmetic_drill_share=0.25, arithmetic_drill_pack=3, long_icl_rows=0)
     groups = [r.group for r in sample_batch(np.random.default_rng(0), corpora, enc, processor.tokenizer, cfg)]
-    no_drill = dataclasses.replace(TINY, arithmetic_drill_share=0.0)
+    no_drill = dataclasses.replace(cfg, arithmetic_drill_share=0.0)
     base = [r.group for r in sample_batch(np.random.default_rng(0), corpora, enc, processor.tokenizer, no_drill)]
     assert len(groups) == len(base) == cfg.batch_size
     assert base.count("arithmetic") == 0 and groups.count("arithmetic") == 2
