@@ -35,6 +35,7 @@ TINY_PARAMS = {
         "text_hidden": 32, "text_layers": 1, "text_heads": 2, "text_kv_heads": 1, "text_intermediate": 64,
         "vision_hidden": 16, "vision_layers": 1, "vision_heads": 1, "vision_intermediate": 32,
         "steps": 10, "batch_size": 4, "warmup_steps": 2, "max_shots": 2, "vqa_pack": 2,
+        "long_icl_rows": 1, "long_max_shots": 4,
         "checkpoint_every": 5, "log_every": 5, "eval_shots": [0, 1], "eval_repeats": 1, "eval_max_new_tokens": 8,
     },
     "index": {"batch_size": 16},
