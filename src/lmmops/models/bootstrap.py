@@ -592,13 +592,12 @@ def group_loss_sums(
 
 def mean_group_losses(parts: Sequence[dict[str, tuple[torch.Tensor, torch.Tensor]]]) -> dict[str, torch.Tensor]:
     """Per group, the mean over the loss positions of every sub-batch together (`group_loss_sums` of each)."""
-    totals: dict[str, list[torch.Tensor]] = {}
+    totals: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for part in parts:
         for g, (ce_sum, count) in part.items():
             if g in totals:
-                totals[g] = [totals[g][0] + ce_sum, totals[g][1] + count]
-            else:
-                totals[g] = [ce_sum, count]
+                ce_sum, count = totals[g][0] + ce_sum, totals[g][1] + count
+            totals[g] = (ce_sum, count)
     return {g: ce_sum / count.clamp(min=1) for g, (ce_sum, count) in sorted(totals.items())}
 
 
