@@ -70,7 +70,10 @@ four 8-demo ones (the same number of answers, since every answer is under the lo
 second sub-batch (`sub_batches`), so the other rows are not padded to their width and a step costs the same.
 Measured (1 thread each, side by side): 16-shot 82.9% (test) and 80.7% (seed-1 set), 8-shot 83.3% and 81.1%,
 arithmetic 23.1% on the 1,000 fresh problems; one long episode in place of two short ones: 16-shot 78.9%,
-8-shot 78.5%. The curve is still flat after 1 shot (twin rate 0.29).
+8-shot 78.5%. The curve is still flat after 1 shot (twin rate 0.29). Tried and dropped with the long episodes
+(1 thread): 8 attention heads of 16 dimensions instead of 4 of 32 (more heads for a demo-comparing circuit),
+with 4 KV heads: 1-to-8-shot 82.6 / 83.1 / 83.1 / 82.9%, twin rate 0.27; with 8 KV heads: 81.1 / 81.2 / 81.9 /
+80.4%, twin rate 0.32.
 
 Departures from the real thing: real LLaVA starts from pretrained CLIP and Llama weights and trains in two
 phases (projector alignment, then instruction tuning); here everything is trained from scratch in one
