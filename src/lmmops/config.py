@@ -144,6 +144,9 @@ class BootstrapConfig:
     multimodal_reasoning_share: float = 0.03125
     describe_share: float = 0.0625  # attribute questions on the ICL images (direct vision supervision)
     max_shots: int = 8  # demonstrations per ICL training episode
+    # freshly rendered items per ICL task added to the train pools (the data layer's generator, own seed), so
+    # that the answers cannot be learnt per image and only the demonstrations tell the task
+    extra_icl_items: int = 0
     # long ICL episodes: each takes the place of long_max_shots // max_shots ordinary ones (the same number of
     # answers) and is forwarded as a second sub-batch, so the short rows are not padded to its width
     long_icl_rows: int = 0

@@ -27,6 +27,7 @@ from lmmops.models.bootstrap import (
     drill_equations,
     drill_row,
     encode,
+    extra_icl_items,
     extra_math_rows,
     group_losses,
     load_corpora,
@@ -197,6 +198,44 @@ def test_the_drill_share_takes_its_rows_from_the_text_reasoning_rows(data_dir: P
     with pytest.raises(ValueError, match="shares must sum to at most 1"):
         sample_batch(np.random.default_rng(0), corpora, enc, processor.tokenizer,
                      dataclasses.replace(cfg, arithmetic_drill_share=0.9))
+
+
+def test_extra_icl_items_follow_their_tasks_on_fresh_images(data_dir: Path) -> None:
+    import numpy as np
+
+    from lmmops.data.icl_tasks import ICL_TASK_NAMES, get_icl_task
+    from lmmops.data.synthetic.scenes import COLOUR_RGB, POSITION_CELL
+
+    items, images, scenes = extra_icl_items(6, seed=0, size=32)
+    assert sorted(items) == sorted(ICL_TASK_NAMES) and all(len(pool) == 6 for pool in items.values())
+    flat = [it for pool in items.values() for it in pool]
+    assert len({it.question_id for it in flat}) == len(flat) and all(it.question_id < 0 for it in flat)
+    assert {it.image_path for it in flat} == set(images) and all(im.size == (32, 32) for im in images.values())
+    for it in flat:
+        task = get_icl_task(it.question_type)
+        (o,) = scenes[it.image_id].objects
+        assert it.multiple_choice_answer == task.answer(o.colour, o.shape, o.position), it
+        pixels = np.asarray(images[it.image_path], dtype=int)
+        # the object: the pixels furthest from the grey background; its colour and cell, read off the image
+        far = np.abs(pixels - pixels[..., :1]).sum(-1)
+        ys, xs = np.nonzero(far > 60)
+        colour = min(COLOUR_RGB, key=lambda c: np.abs(pixels[ys, xs] - COLOUR_RGB[c]).sum())
+        cell = (int(np.median(xs)) // 16, int(np.median(ys)) // 16)
+        position = next(p for p, c in POSITION_CELL.items() if c == cell)
+        assert (colour, position) == (o.colour, o.position), it  # the image is the scene's
+    again, again_images, _ = extra_icl_items(6, seed=0, size=32)
+    assert again == items and all(np.array_equal(np.asarray(images[p]), np.asarray(again_images[p])) for p in images)
+    other, _, _ = extra_icl_items(6, seed=1, size=32)
+    assert [it.multiple_choice_answer for it in other["icl/shape/en"]] != \
+        [it.multiple_choice_answer for it in items["icl/shape/en"]] or other != items
+
+    # in the trainer they join the train split's pools, and episodes draw from both
+    corpora = load_corpora(data_dir, "train")
+    cfg = dataclasses.replace(TINY, steps=2, extra_icl_items=5)
+    result = train(cfg, data_dir, None, progress=False)
+    assert result.data_sizes["generated_icl_items"] == 45
+    assert result.data_sizes["icl_items"] == sum(map(len, corpora.icl.values())) + 45
+    assert result.data_sizes["describe_items"] == len(corpora.describe) + 3 * 45  # 3 questions per fresh image
 
 
 def test_telling_twin_answer_hand_computed() -> None:
