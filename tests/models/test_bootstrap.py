@@ -226,8 +226,7 @@ def test_extra_icl_items_follow_their_tasks_on_fresh_images(data_dir: Path) -> N
     again, again_images, _ = extra_icl_items(6, seed=0, size=32)
     assert again == items and all(np.array_equal(np.asarray(images[p]), np.asarray(again_images[p])) for p in images)
     other, _, _ = extra_icl_items(6, seed=1, size=32)
-    assert [it.multiple_choice_answer for it in other["icl/shape/en"]] != \
-        [it.multiple_choice_answer for it in items["icl/shape/en"]] or other != items
+    assert other != items  # another seed, other items
 
     # in the trainer they join the train split's pools, and episodes draw from both
     corpora = load_corpora(data_dir, "train")
