@@ -147,6 +147,10 @@ class BootstrapConfig:
     # freshly rendered items per ICL task added to the train pools (the data layer's generator, own seed), so
     # that the answers cannot be learnt per image and only the demonstrations tell the task
     extra_icl_items: int = 0
+    # share of the ICL episodes whose images come from every task's train items, each answered by the episode's
+    # task (its rule on the image's scene): an image then no longer tells its task, only the demonstrations do
+    shared_icl_images: float = 0.0
+    shared_icl_from_step: int = 0  # ... from this step on (before it, every episode draws its task's own images)
     # long ICL episodes: each takes the place of long_max_shots // max_shots ordinary ones (the same number of
     # answers) and is forwarded as a second sub-batch, so the short rows are not padded to its width
     long_icl_rows: int = 0

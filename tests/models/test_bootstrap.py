@@ -33,6 +33,7 @@ from lmmops.models.bootstrap import (
     load_corpora,
     mean_group_losses,
     sample_batch,
+    shared_icl_pools,
     sub_batches,
     telling_twin_answer,
     train,
@@ -235,6 +236,54 @@ def test_extra_icl_items_follow_their_tasks_on_fresh_images(data_dir: Path) -> N
     assert result.data_sizes["generated_icl_items"] == 45
     assert result.data_sizes["icl_items"] == sum(map(len, corpora.icl.values())) + 45
     assert result.data_sizes["describe_items"] == len(corpora.describe) + 3 * 45  # 3 questions per fresh image
+
+
+def test_shared_icl_pools_answer_every_tasks_images_by_each_tasks_rule(data_dir: Path) -> None:
+    import numpy as np
+
+    from lmmops.data.icl_tasks import ICL_TASK_NAMES
+
+    corpora = load_corpora(data_dir, "train")
+    pools = shared_icl_pools(corpora.icl, corpora.scenes)
+    sources = [it for pool in corpora.icl.values() for it in pool]
+    assert sorted(pools) == sorted(corpora.icl) and set(pools) <= set(ICL_TASK_NAMES)
+    # every task's pool holds every ICL image once: an image no longer tells its task
+    for pool in pools.values():
+        assert sorted(it.image_id for it in pool) == sorted(it.image_id for it in sources)
+    flat = [it for pool in pools.values() for it in pool]
+    assert len({it.question_id for it in flat}) == len(flat) and all(it.question_id < 0 for it in flat)
+    original = {it.question_id: it for it in sources}
+    assert not original.keys() & {it.question_id for it in flat}
+    # hand-checked against the rules: colour/swap moves red <-> green, shape/code says echo for circle
+    by_image = {(it.question_type, it.image_id): it.multiple_choice_answer for it in flat}
+    for it in sources:
+        (o,) = corpora.scenes[it.image_id].objects
+        assert by_image[("icl/colour/en", it.image_id)] == o.colour
+        assert by_image[("icl/colour/swap", it.image_id)] == {"red": "green", "green": "red"}.get(o.colour, o.colour)
+        assert by_image[("icl/shape/code", it.image_id)] == {"circle": "echo", "square": "foxtrot", "triangle": "golf",
+                                                            "cross": "hotel"}[o.shape]
+        assert by_image[(it.question_type, it.image_id)] == it.multiple_choice_answer  # its own task: as generated
+
+    # in the trainer: shared episodes draw from these pools, and with share 0 no draw changes
+    corpora.shared_icl = pools
+
+    processor = build_processor(corpus_texts(corpora))
+    enc = encode(corpora, processor, image_seq_length=4)
+    task_of_image = {enc.image_index[it.image_path]: it.question_type for it in sources}
+
+    def tasks_per_episode(rows: list) -> list[int]:
+        return [len({task_of_image[i] for i in r.images}) for r in rows if r.group == "icl"]
+
+    shared = tasks_per_episode(sample_batch(np.random.default_rng(0), corpora, enc, processor.tokenizer, TINY,
+                                            shared=1.0))
+    plain = sample_batch(np.random.default_rng(0), corpora, enc, processor.tokenizer, TINY)
+    assert shared and max(shared) > 1  # images of several tasks in one episode
+    assert set(tasks_per_episode(plain)) == {1}  # without sharing, an episode's images are its task's own
+    corpora.shared_icl = {}
+    assert [r.ids for r in plain] == [r.ids for r in sample_batch(np.random.default_rng(0), corpora, enc,
+                                                                  processor.tokenizer, TINY)]
+    with pytest.raises(ValueError, match="shared_icl_images"):
+        train(dataclasses.replace(TINY, steps=1, shared_icl_images=1.5), data_dir, None, progress=False)
 
 
 def test_telling_twin_answer_hand_computed() -> None:
