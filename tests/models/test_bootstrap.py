@@ -282,8 +282,9 @@ def test_shared_icl_pools_answer_every_tasks_images_by_each_tasks_rule(data_dir:
     corpora.shared_icl = {}
     assert [r.ids for r in plain] == [r.ids for r in sample_batch(np.random.default_rng(0), corpora, enc,
                                                                   processor.tokenizer, TINY)]
-    with pytest.raises(ValueError, match="shared_icl_images"):
-        train(dataclasses.replace(TINY, steps=1, shared_icl_images=1.5), data_dir, None, progress=False)
+    for bad in (1.5, -0.5):
+        with pytest.raises(ValueError, match="shared_icl_images"):
+            train(dataclasses.replace(TINY, steps=1, shared_icl_images=bad), data_dir, None, progress=False)
 
 
 def test_telling_twin_answer_hand_computed() -> None:

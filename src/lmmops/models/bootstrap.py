@@ -243,24 +243,21 @@ def shared_icl_pools(icl: dict[str, list[VQAItem]], scenes: dict[int, Any]) -> d
     (memorisable) train images, on which the model learns to perceive shape.
     Relabelled items get fresh negative question ids (-(3e12 + n)).
     """
-    from lmmops.data.icl_tasks import ICL_TASK_NAMES
-
     sources = [it for name in sorted(icl) for it in icl[name]
                if (scene := scenes.get(it.image_id)) is not None and len(scene.objects) == 1]
     pools: dict[str, list[VQAItem]] = {}
     n = 0
-    for name in ICL_TASK_NAMES:
-        if name not in icl:
+    for task in ICL_TASKS:
+        if task.name not in icl:
             continue
-        task = get_icl_task(name)
         pool = []
         for it in sources:
             o = scenes[it.image_id].objects[0]
             n += 1
-            pool.append(dataclasses.replace(it, question_id=-(3 * 10**12 + n), question_type=name,
+            pool.append(dataclasses.replace(it, question_id=-(3 * 10**12 + n), question_type=task.name,
                                             multiple_choice_answer=task.answer(o.colour, o.shape, o.position),
                                             answers=()))
-        pools[name] = pool
+        pools[task.name] = pool
     return pools
 
 
@@ -779,9 +776,9 @@ def train(
         if corpora.describe:  # the attribute questions too, on the fresh images (real data has none)
             corpora.describe = corpora.describe + describe_items(extra, scenes)
         corpora.scenes = {**corpora.scenes, **scenes}
+    if not 0 <= cfg.shared_icl_images <= 1:
+        raise ValueError(f"bootstrap.shared_icl_images: {cfg.shared_icl_images} must be in [0, 1]")
     if cfg.shared_icl_images > 0:
-        if not 0 < cfg.shared_icl_images <= 1:
-            raise ValueError(f"bootstrap.shared_icl_images: {cfg.shared_icl_images} must be in [0, 1]")
         corpora.shared_icl = shared_icl_pools(corpora.icl, corpora.scenes)
         if not corpora.shared_icl:
             raise ValueError(f"bootstrap.shared_icl_images: {data_dir} has no ICL items with a scene sidecar "
