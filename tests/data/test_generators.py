@@ -116,15 +116,22 @@ def test_icl_task_family_design() -> None:
             assert tasks_sharing_vocabulary(task.name) == ()  # one demo identifies a code task
             assert task.fixed_points == ()
         else:
-            other = "swap" if task.lexicon == "en" else "en"
+            other = "alias" if task.lexicon == "en" else "en"
             assert tasks_sharing_vocabulary(task.name) == (f"icl/{task.attribute}/{other}",)
-            if task.lexicon == "swap":
-                assert len(task.fixed_points) == 2  # demos on these values cannot tell en from swap
+            if task.lexicon == "alias":
+                assert len(task.fixed_points) == 2  # demos on these values cannot tell en from alias
+                # the other two have words of their own: a demo on one of them tells the twins apart by its word
+                own = set(task.vocabulary) - set(get_icl_task(f"icl/{task.attribute}/en").vocabulary)
+                assert len(own) == 2 and not own & (en_words | code_words)
     # The same image gets different answers under different tasks: only demos reveal the rule.
     answers = {t.name: t.answer("red", "circle", "top right") for t in ICL_TASKS}
     assert len(set(answers.values())) >= 7
-    assert get_icl_task("icl/colour/swap").answer("red", "circle", "top left") == "green"
-    assert get_icl_task("icl/position/swap").answer("red", "circle", "top right") == "bottom left"
+    assert len(set(answers.values())) == 9
+    assert get_icl_task("icl/colour/alias").answer("red", "circle", "top left") == "crimson"
+    assert get_icl_task("icl/colour/alias").answer("blue", "circle", "top left") == "blue"  # a fixed point
+    assert get_icl_task("icl/shape/alias").answer("red", "square", "top left") == "box"
+    assert get_icl_task("icl/position/alias").answer("red", "circle", "top right") == "northeast"
+    assert get_icl_task("icl/position/alias").answer("red", "circle", "top left") == "top left"
 
 
 def _bayes_accuracy(shots: int, lexicon: str | None = None) -> float:
@@ -150,7 +157,7 @@ def test_icl_needs_demonstrations_and_some_tasks_need_several() -> None:
     assert _bayes_accuracy(0) < 0.3  # the generic question alone does not say which rule applies
     assert _bayes_accuracy(1, "code") == 1.0  # one demo identifies a code task
     one_shot_en = _bayes_accuracy(1, "en")
-    assert 0.8 < one_shot_en < 0.9  # en/swap demos on fixed points stay ambiguous: more shots help
+    assert 0.8 < one_shot_en < 0.9  # en/alias demos on fixed points stay ambiguous: more shots help
 
 
 def _pixel_attributes(path: Path) -> tuple[str, str]:

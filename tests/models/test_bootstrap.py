@@ -254,12 +254,13 @@ def test_shared_icl_pools_answer_every_tasks_images_by_each_tasks_rule(data_dir:
     assert len({it.question_id for it in flat}) == len(flat) and all(it.question_id < 0 for it in flat)
     original = {it.question_id: it for it in sources}
     assert not original.keys() & {it.question_id for it in flat}
-    # hand-checked against the rules: colour/swap moves red <-> green, shape/code says echo for circle
+    # hand-checked against the rules: colour/alias says crimson for red and lime for green, shape/code echo for circle
     by_image = {(it.question_type, it.image_id): it.multiple_choice_answer for it in flat}
     for it in sources:
         (o,) = corpora.scenes[it.image_id].objects
         assert by_image[("icl/colour/en", it.image_id)] == o.colour
-        assert by_image[("icl/colour/swap", it.image_id)] == {"red": "green", "green": "red"}.get(o.colour, o.colour)
+        aliased = {"red": "crimson", "green": "lime"}.get(o.colour, o.colour)
+        assert by_image[("icl/colour/alias", it.image_id)] == aliased
         assert by_image[("icl/shape/code", it.image_id)] == {"circle": "echo", "square": "foxtrot", "triangle": "golf",
                                                             "cross": "hotel"}[o.shape]
         assert by_image[(it.question_type, it.image_id)] == it.multiple_choice_answer  # its own task: as generated
@@ -293,18 +294,18 @@ def test_telling_twin_answer_hand_computed() -> None:
     def item(task: str, answer: str) -> VQAItem:
         return VQAItem(0, 0, "What is this?", task, "other", answer, (), Path("x.png"), "test")
 
-    # colour/swap moves red <-> green and fixes blue, yellow.
-    red_as_green = item("icl/colour/swap", "green")  # a red image
-    assert telling_twin_answer(red_as_green, [item("icl/colour/swap", "red")]) == "red"  # a green demo tells
-    assert telling_twin_answer(red_as_green, [item("icl/colour/swap", "blue")]) is None  # fixed point: no
-    assert telling_twin_answer(item("icl/colour/swap", "yellow"), [item("icl/colour/swap", "red")]) is None
-    assert telling_twin_answer(item("icl/shape/en", "square"), [item("icl/shape/en", "circle")]) == "circle"
-    # position/swap transposes: top right <-> bottom left
+    # colour/alias says crimson for red, lime for green, and blue, yellow as en does.
+    red = item("icl/colour/alias", "crimson")  # a red image
+    assert telling_twin_answer(red, [item("icl/colour/alias", "lime")]) == "red"  # a green demo tells
+    assert telling_twin_answer(red, [item("icl/colour/alias", "blue")]) is None  # fixed point: no
+    assert telling_twin_answer(item("icl/colour/alias", "yellow"), [item("icl/colour/alias", "crimson")]) is None
+    assert telling_twin_answer(item("icl/shape/en", "square"), [item("icl/shape/en", "circle")]) == "box"
+    # position/alias: northeast for top right, southwest for bottom left
     assert telling_twin_answer(item("icl/position/en", "top right"),
                                [item("icl/position/en", "top left"), item("icl/position/en", "bottom left")]) \
-        == "bottom left"
+        == "northeast"
     assert telling_twin_answer(item("icl/colour/code", "alpha"), [item("icl/colour/code", "bravo")]) is None
-    assert telling_twin_answer(red_as_green, []) is None
+    assert telling_twin_answer(red, []) is None
 
 
 def test_tiny_bootstrap_trains_and_loss_decreases(data_dir: Path, tmp_path: Path) -> None:

@@ -3,29 +3,39 @@
 Every ICL item shows one coloured shape in one of four positions and asks the same generic question
 (ICL_QUESTION). The *task* decides which attribute the answer names and in which lexicon:
 
-    lexicon "en"    plain English words            red, circle, top left
-    lexicon "code"  code words (disjoint from en)  alpha..delta, echo..hotel, india..lima
-    lexicon "swap"  the en words, permuted with    red<->green, circle<->square,
-                    two fixed points per attribute top right<->bottom left (a transpose)
+    lexicon "en"     plain English words             red, circle, top left
+    lexicon "code"   code words (disjoint from en)   alpha..delta, echo..hotel, india..lima
+    lexicon "alias"  the en words, except two values crimson, lime; ring, box; northeast, southwest
+                     per attribute that have words   for red, green; circle, square; top right, bottom left
+                     of their own
 
 giving 9 tasks named "icl/<attribute>/<lexicon>" (stored as the VQA `question_type`). A zero-shot model
 can only guess the task. One demonstration identifies an "en" or "code" task by its attribute and
-lexicon, except that "en" and "swap" share their words: a demo whose value is a fixed point of the
-swap (blue, yellow; triangle, cross; top left, bottom right) fits both, so those tasks need several
-demos to disambiguate and the accuracy-vs-shots curve keeps rising after 1 shot (STACK-NOTES).
+lexicon, except that "en" and "alias" share half their words: a demo whose value is a fixed point of the
+alias lexicon (blue, yellow; triangle, cross; top left, bottom right) fits both, so those tasks need several
+demos to disambiguate and the accuracy-vs-shots curve keeps rising after 1 shot (STACK-NOTES: "overlapping
+lexicons"). One telling demo ("red" or "crimson" for a red image) settles it, and it is told by its words alone.
+
+Why not a permutation of the en words (the "swap" lexicon of earlier versions: red<->green, circle<->square,
+top right<->bottom left): there the twins share every word, and only comparing a demo's image with its answer
+tells them apart. The embedded default model (0.8M parameters, 15 minutes on 2 cores) never learnt that in
+any variant tried (models/bootstrap.py): it guessed between the twins whatever the demos showed, and its
+accuracy stayed flat from 1 to 8 shots. With the alias lexicon the same model reads the twin off the demos
+(twin rate 0) and its accuracy rises with every shot count. The ambiguity, and so the Bayes-optimal curve
+below, is the same as the swap lexicon's.
 
 Use:
     from lmmops.data.icl_tasks import ICL_TASKS, ICL_QUESTION, get_icl_task
-    task = get_icl_task("icl/colour/swap")
-    task.answer(colour="red", shape="circle", position="top left")   # -> "green"
-    task.vocabulary                                                    # -> ('blue', 'green', 'red', 'yellow')
+    task = get_icl_task("icl/colour/alias")
+    task.answer(colour="red", shape="circle", position="top left")   # -> "crimson"
+    task.vocabulary                                                    # -> ('blue', 'crimson', 'lime', 'yellow')
     render_icl_image("red", "circle", "top left", size=32)             # a PIL image, no jitter
 
 The bootstrap builds ICL training episodes from the train split:
     pools = group_by_task(load_vqa(data_dir, "train"))   # {"icl/colour/en": [VQAItem, ...], ...}
 then samples k demos + 1 query from one pool. Bayes-optimal accuracy with k random demos of the same
 task (uniform attributes and tasks; Monte Carlo): 0-shot 21%, 1-shot 91.5%, 2-shot
-96%, 4-shot 99%, 8-shot 99.9% (en and swap tasks 87% / 94% / 98.5% / 99.9%, code tasks 100% from 1 shot).
+96%, 4-shot 99%, 8-shot 99.9% (en and alias tasks 87% / 94% / 98.5% / 99.9%, code tasks 100% from 1 shot).
 """
 
 from __future__ import annotations
@@ -44,7 +54,7 @@ if TYPE_CHECKING:
 ICL_QUESTION = "What is this?"
 ICL_PREFIX = "icl/"
 ATTRIBUTES: tuple[str, ...] = ("colour", "shape", "position")
-LEXICONS: tuple[str, ...] = ("en", "code", "swap")
+LEXICONS: tuple[str, ...] = ("en", "code", "alias")
 ATTRIBUTE_VALUES: dict[str, tuple[str, ...]] = {"colour": COLOURS, "shape": SHAPES, "position": POSITIONS}
 
 _CODE_WORDS: dict[str, tuple[str, ...]] = {
@@ -52,11 +62,12 @@ _CODE_WORDS: dict[str, tuple[str, ...]] = {
     "shape": ("echo", "foxtrot", "golf", "hotel"),
     "position": ("india", "juliet", "kilo", "lima"),
 }
-# Index permutations over ATTRIBUTE_VALUES[attr]; each swaps two values and fixes the other two.
-_SWAPS: dict[str, tuple[int, ...]] = {
-    "colour": (1, 0, 2, 3),    # red <-> green
-    "shape": (1, 0, 2, 3),     # circle <-> square
-    "position": (0, 2, 1, 3),  # top right <-> bottom left (transpose of the 2x2 grid)
+# The "alias" lexicon: the en words, except for two values per attribute, which get words of their own (in no
+# other lexicon); the other two values are its "fixed points", answered as in "en".
+_ALIASES: dict[str, dict[str, str]] = {
+    "colour": {"red": "crimson", "green": "lime"},
+    "shape": {"circle": "ring", "square": "box"},
+    "position": {"top right": "northeast", "bottom left": "southwest"},
 }
 
 
@@ -100,7 +111,7 @@ def _build_tasks() -> tuple[ICLTask, ...]:
             elif lex == "code":
                 answers = _CODE_WORDS[attr]
             else:
-                answers = tuple(values[j] for j in _SWAPS[attr])
+                answers = tuple(_ALIASES[attr].get(v, v) for v in values)
             tasks.append(ICLTask(f"{ICL_PREFIX}{attr}/{lex}", attr, lex, tuple(zip(values, answers, strict=True))))
     return tuple(tasks)
 

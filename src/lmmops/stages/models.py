@@ -54,7 +54,7 @@ def eval_table(metrics: dict[str, float], shots: tuple[int, ...]) -> str:
     lines.append(f"\nchance (uniform task guess): {100 * metrics.get('icl_chance', 0):.1f}%")
     twins = [(k, metrics[f"icl_twin_rate_{k}shot"]) for k in shots if f"icl_twin_rate_{k}shot" in metrics]
     if twins:
-        lines.append("en/swap queries the demos tell apart, answered with the twin task's word (0 = learned from "
+        lines.append("en/alias queries the demos tell apart, answered with the twin task's word (0 = learned from "
                      "the demos, ~50 = a guess between the twins): "
                      + ", ".join(f"{k}-shot {100 * r:.1f}%" for k, r in twins))
     lines.append(f"reasoning format rate: {100 * metrics.get('reasoning_format_rate', 0):.1f}%, "
