@@ -87,11 +87,11 @@ arithmetic 23.1% on the 1,000 fresh problems; one long episode in place of two s
 with 4 KV heads: 1-to-8-shot 82.6 / 83.1 / 83.1 / 82.9%, twin rate 0.27; with 8 KV heads: 81.1 / 81.2 / 81.9 /
 80.4%, twin rate 0.32.
 
-Why the curve is flat after 1 shot (measured): the train split holds 80 items per ICL task, each seen ~300
-times in a run, and the model answers them per image. Scored on train items (demos from the train pools),
-the default model tells the en/swap twins apart from 1 shot: 1-shot 99.7%, 8-shot 99.9%, twin rate 0.01, and
-0-shot 39.9% (the image alone gives the task away); on the test split, 83.3%, 82.8% and 0.28. It has learnt
-the training images' answers, not how to read the lexicon off the demonstrations. `extra_icl_items` adds
+Why the curve was flat after 1 shot with the swap lexicon (measured): the train split holds 80 items per ICL
+task, each seen ~300 times in a run, and the model answers them per image. Scored on train items (demos from
+the train pools), the default model tells the en/swap twins apart from 1 shot: 1-shot 99.7%, 8-shot 99.9%, twin
+rate 0.01, and 0-shot 39.9% (the image alone gives the task away); on the test split, 83.3%, 82.8% and 0.28. It
+has learnt the training images' answers, not how to read the lexicon off the demonstrations. `extra_icl_items` adds
 freshly rendered items of every task (the data layer's own generator; describe rows on them too), so that
 no image can be memorised. Measured (1 thread each, 1-to-16-shot test means): 1,000 per task 66.5 / 67.4 /
 67.9 / 67.8 / 66.5, twin rate 0.28 -> 0.21; 4,000 per task 64.0 / 65.8 / 63.3 / 64.6 / 64.0, twin rate 0.20 ->
