@@ -125,7 +125,6 @@ def test_icl_task_family_design() -> None:
                 assert len(own) == 2 and not own & (en_words | code_words)
     # The same image gets different answers under different tasks: only demos reveal the rule.
     answers = {t.name: t.answer("red", "circle", "top right") for t in ICL_TASKS}
-    assert len(set(answers.values())) >= 7
     assert len(set(answers.values())) == 9
     assert get_icl_task("icl/colour/alias").answer("red", "circle", "top left") == "crimson"
     assert get_icl_task("icl/colour/alias").answer("blue", "circle", "top left") == "blue"  # a fixed point
