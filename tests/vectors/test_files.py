@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 from vectorutil import tiny
 
@@ -32,6 +33,17 @@ def test_round_trip(tmp_path: Path, cls):
     loaded = load_vectors(out, model, **BASE)
     assert type(loaded) is cls
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in vectors.state_dict().items())
+
+
+def test_identical_vectors_give_identical_bytes(tmp_path: Path):
+    # Several safetensors metadata keys come out in a random order per save; the file holds one key.
+    model, _ = tiny("idefics2")
+    vectors = LiveVectors.for_adapter(adapter_for(model), seed=1)
+    files = [save_vectors(tmp_path / f"v{i}", vectors, model, **BASE) / "vectors.safetensors" for i in range(6)]
+    assert len({f.read_bytes() for f in files}) == 1
+    with safe_open(str(files[0]), "pt") as f:
+        assert json.loads(f.metadata()["lmmops_vectors"]) == {"format": read_metadata(files[0].parent)["format"],
+                                                              "method": "live"}
 
 
 @pytest.fixture

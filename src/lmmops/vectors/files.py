@@ -1,8 +1,10 @@
 """Vector files: a trained LIVE or MimIC vector set saved with what it was trained on, and loaded safely.
 
 A vector file is a directory with two files:
-  vectors.safetensors  the parameters (names as in `LiveVectors` / `MimicVectors`), safetensors header
-                       metadata {"method", "format"};
+  vectors.safetensors  the parameters (names as in `LiveVectors` / `MimicVectors`); safetensors header
+                       metadata: one key, "lmmops_vectors", holding {"format", "method"} as sorted JSON
+                       (safetensors writes several metadata keys in a per-process random order, which
+                       made identical vectors differ byte-wise; with one key the file is reproducible);
   vectors.json         metadata: format version, method, num_parameters, the base model's family, model class,
                        num_layers, hidden_size, num_heads, num_kv_heads, head_dim, LIVE site, the base model's
                        identifier and version, the transformers and torch versions, and caller extras
@@ -86,7 +88,8 @@ def save_vectors(
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     tensors = {name: p.detach().to("cpu").contiguous() for name, p in vectors.state_dict().items()}
-    save_file(tensors, str(out / TENSORS_FILE), metadata={"method": vectors.method, "format": str(FORMAT_VERSION)})
+    header = json.dumps({"format": FORMAT_VERSION, "method": vectors.method}, sort_keys=True)
+    save_file(tensors, str(out / TENSORS_FILE), metadata={"lmmops_vectors": header})
     meta = {
         "format": FORMAT_VERSION,
         "method": vectors.method,
