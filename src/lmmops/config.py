@@ -259,6 +259,9 @@ class VectorStageConfig:
     # Test-split k-shot ICL (the reference the vectors are compared with): independent demo draws per query,
     # each query scored by its mean over them (one draw adds the draw's own variance to a ~27-item pool).
     icl_draws: int = 4
+    # Where that reference is kept per pool, keyed by model, items, draws and code, so that the other vector stage
+    # reads it instead of scoring it again (None: always scored).
+    icl_reference_dir: str | None = "checkpoints/icl_reference"
     promote_margin: float = 0.0  # champion moves when the new mean val accuracy >= champion's + this
     seed: int = 0
     log_every: int = 5

@@ -87,3 +87,74 @@ def test_the_table_names_the_number_of_draws() -> None:
                "trainable_params": 516.0, "icl_draws": 4.0}
     assert "16-shot ICL (mean of 4 demo draws)" in stage_lib.results_markdown("live", metrics, {}, 16)
     assert "mean of" not in stage_lib.results_markdown("live", {**metrics, "icl_draws": 1.0}, {}, 16)
+
+
+def test_the_reference_is_kept_and_read_back_by_the_next_stage(monkeypatch: pytest.MonkeyPatch,
+                                                               tmp_path: Path) -> None:
+    train = [item(i, "red", "train") for i in range(10)]
+    test = [item(100 + i, "red", "test") for i in range(3)]
+    calls: list[int] = []
+
+    def fake_generate(runner: Any, prompts: list[tuple[list[VQAItem], VQAItem]], vectors: Any,
+                      instruction: Any) -> tuple[list[str], float]:
+        calls.append(len(prompts))
+        return ["red" if demos[0].question_id % 2 == 0 else "blue" for demos, _ in prompts], 2.0 + len(calls)
+
+    def fake_key(model: Any, processor: Any, test: Any, train: Any, *, shots: int, seed: int, draws: int,
+                 **kw: Any) -> str:
+        return f"{shots:08d}{seed:08d}{draws:08d}ffff"
+
+    monkeypatch.setattr(inference, "ICLRunner", FakeRunner)
+    monkeypatch.setattr(stage_lib, "_generate", fake_generate)
+    monkeypatch.setattr(stage_lib, "evaluate_vectors", lambda *a, samples_out=None, **k: (
+        samples_out.extend({"accuracy": 0.0} for _ in test) if samples_out is not None else None) or {"accuracy": 0})
+    monkeypatch.setattr(stage_lib, "generation_seconds", lambda *a, **k: {"zero-shot": 1.0, "vectors": 1.0})
+    monkeypatch.setattr(stage_lib, "icl_reference_key", fake_key)
+    pools = {"p": {"train": train, "val": [], "test": test}}
+    kw = {"shots": 4, "batch_size": 8, "max_new_tokens": 4, "instruction": None, "repeats": 1, "icl_draws": 3,
+          "icl_cache_dir": tmp_path / "ref"}
+
+    first = evaluate_test(None, None, {"p": object()}, pools, seed=7, **kw)
+    assert calls == [3, 3, 3] and first.seconds["p"]["icl"] == 3.0  # best of the three draws' seconds
+    kept = list((tmp_path / "ref").iterdir())
+    assert [f.name for f in kept] == [f"{fake_key(None, None, test, train, shots=4, seed=7, draws=3)[:24]}.json"]
+
+    second = evaluate_test(None, None, {"p": object()}, pools, seed=7, **kw)  # the other stage: read, not scored
+    assert calls == [3, 3, 3]
+    assert second.icl_acc == first.icl_acc and second.seconds["p"]["icl"] == 3.0 and second.gap == first.gap
+
+    evaluate_test(None, None, {"p": object()}, pools, seed=8, **kw)  # other demo draws: another key, scored
+    assert calls == [3] * 6 and len(list((tmp_path / "ref").iterdir())) == 2
+
+    kept[0].write_text("{not json")  # a damaged file is scored again and rewritten, not trusted
+    again = evaluate_test(None, None, {"p": object()}, pools, seed=7, **kw)
+    assert calls == [3] * 9 and again.icl_acc == first.icl_acc
+    assert stage_lib.read_icl_reference(kept[0])[0] is not None
+
+
+def test_the_reference_key_follows_model_items_images_and_draws(tmp_path: Path) -> None:
+    from vectorutil import tiny
+
+    from lmmops.vectors.stage_lib import icl_reference_key
+
+    model, processor = tiny("llava")
+    for i in range(4):
+        (tmp_path / f"{i}.png").write_bytes(b"png-%d" % i)
+
+    def pool(prefix: Path) -> list[VQAItem]:
+        return [VQAItem(i, i, "What color?", "icl/colour/en", "other", "red",
+                        tuple(VQAAnswer("red", "yes", j) for j in range(10)), prefix / f"{i}.png", "test")
+                for i in range(4)]
+
+    test, train = pool(tmp_path)[:2], pool(tmp_path)[2:]
+    kw = {"shots": 4, "seed": 0, "draws": 2, "batch_size": 8, "max_new_tokens": 4, "instruction": None}
+    key = icl_reference_key(model, processor, test, train, **kw)
+    assert icl_reference_key(model, processor, test, train, **kw) == key
+    assert icl_reference_key(model, processor, test, train, **{**kw, "seed": 1}) != key
+    assert icl_reference_key(model, processor, test, train, **{**kw, "draws": 3}) != key
+    assert icl_reference_key(model, processor, test, train[:1], **kw) != key
+    (tmp_path / "1.png").write_bytes(b"another image")  # same names, other pixels
+    assert icl_reference_key(model, processor, test, train, **kw) != key
+    other_model, _ = tiny("llava", seed=1)
+    assert icl_reference_key(other_model, processor, test, train, **kw) != icl_reference_key(
+        model, processor, test, train, **kw)

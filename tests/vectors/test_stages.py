@@ -192,8 +192,17 @@ def test_live_stage_with_a_registered_base_resumes_and_respects_the_margin(
     from lmmops.vectors import train as train_mod
 
     monkeypatch.setattr(train_mod, "sample_step", lambda *a, **k: steps_run.append(k["step"]) or [])
+    # ... and reads each pool's k-shot ICL reference kept by the first run (the same numbers, no k-shot generation)
+    assert len(list((project / "checkpoints/icl_reference").glob("*.json"))) == len(POOLS)
+    generate, demos_generated = stage_lib._generate, []
+
+    def recording_generate(runner: Any, prompts: Any, *a: Any) -> Any:
+        demos_generated.extend(len(demos) for demos, _query in prompts if demos)
+        return generate(runner, prompts, *a)
+
+    monkeypatch.setattr(stage_lib, "_generate", recording_generate)
     second = run_stage("live", dataclasses.replace(cfg, promote_margin=0.5), root=project)
-    assert steps_run == [] and second == first
+    assert steps_run == [] and second == first and demos_generated == []
     assert [e[1] for e in recorder.events if e[0] == "distill"] == ["2", "4"] * len(POOLS)
     assert tracking.alias_version("lmmops-live", "challenger") == "2"
     assert tracking.alias_version("lmmops-live", "champion") == "1"

@@ -11,7 +11,9 @@ one schedule (resumable checkpoints under checkpoints/<method>/, every logged st
 train/<pool>/<metric>), val accuracy after each segment (selection/val_acc/<pool>), the best kept; then, after
 every pool is trained, the test split once: the selected vectors, zero-shot and `shots`-shot ICL (random demos
 from the pool's train items, `icl_draws` draws per query averaged), and the timing of the three generations at
-the same batch size.
+the same batch size. The ICL reference is kept per pool under `icl_reference_dir` (checkpoints/icl_reference/,
+keyed by model, items, draws and code): whichever of live and mimic runs second reads it instead of scoring it
+again, so the two stages' icl_acc/* are the same numbers by construction.
 
 Metrics (metrics/<method>.json, deterministic): test_acc/<pool>, zero_shot_acc/<pool>, icl_acc/<pool>,
 val_acc/<pool> and their /mean over pools, selected_step/<pool>, gap_to_icl/mean (ICL minus vectors),
@@ -159,7 +161,9 @@ def run_vector_stage(cfg: VectorStageConfig, ctx: StageContext) -> dict[str, flo
 
     # 3. The test split, once, with the selected vectors; zero-shot and k-shot ICL beside them; timings.
     test = lib.evaluate_test(model, processor, {p: t.vectors for p, t in training.items()}, pools, shots=cfg.shots,
-                             seed=cfg.seed, repeats=cfg.latency_repeats, icl_draws=cfg.icl_draws, **eval_kw)
+                             seed=cfg.seed, repeats=cfg.latency_repeats, icl_draws=cfg.icl_draws,
+                             icl_cache_dir=ctx.path(cfg.icl_reference_dir) if cfg.icl_reference_dir else None,
+                             **eval_kw)
     trainable = next(iter(training.values())).vectors.num_parameters()
     metrics = lib.stage_metrics(training, test, trainable_params=trainable, shots=cfg.shots,
                                 icl_draws=cfg.icl_draws)

@@ -13,7 +13,8 @@ What it does, per pool (each ICL task family of the train split, plus "vqa": the
      query under `icl_draws` independent demo draws, scored by its mean over them), and
      the generation with vectors and zero-shot is timed at the same batch size (best of `repeats`, interleaved,
      so drifting machine load hits both alike; k-shot ICL, several times slower, is timed by its scored run)
-     for the latency ratios.
+     for the latency ratios. The ICL reference can be kept on disk (`icl_cache_dir`, keyed by
+     `icl_reference_key`) for the other vector stage to read back.
 Each segment end's vectors are kept beside the checkpoint (`round-<step>.pt`), so a stage that resumes after its
 last segment (e.g. it failed while registering) selects exactly as an uninterrupted run.
 
@@ -35,6 +36,8 @@ seeds of the whole evaluation).
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import logging
 import math
 import os
@@ -375,6 +378,72 @@ def generation_seconds(
     return best
 
 
+ICL_REFERENCE_FORMAT = 1
+
+
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "missing"
+
+
+def icl_reference_key(
+    model: nn.Module,
+    processor: Any,
+    test: Sequence[VQAItem],
+    train: Sequence[VQAItem],
+    *,
+    shots: int,
+    seed: int,
+    draws: int,
+    batch_size: int,
+    max_new_tokens: int,
+    instruction: str | None,
+) -> str:
+    """Hash of everything a pool's k-shot ICL reference depends on: the base model's weights and tokenizer, the
+    test and train items (ids, question, answers, image bytes), the demo draws (shots, seed, draws), decoding
+    (batch size, max new tokens, instruction, threads, device, library versions) and the code that builds the
+    prompts, decodes and scores."""
+    import transformers
+
+    from lmmops.eval import metrics
+    from lmmops.icl import experiment, inference
+    from lmmops.vectors.train import _prompt_code_files, model_fingerprint
+
+    def rows(items: Sequence[VQAItem]) -> list[list[Any]]:
+        return [[it.question_id, it.question, it.multiple_choice_answer, list(it.answer_strings),
+                 it.image_path.name, _file_digest(Path(it.image_path))] for it in items]
+
+    code = [_file_digest(Path(f)) for f in (__file__, inference.__file__, experiment.__file__, metrics.__file__,
+                                             *_prompt_code_files())]
+    param = next(model.parameters())
+    blob = {"format": ICL_REFERENCE_FORMAT, "model": model_fingerprint(model, processor), "test": rows(test),
+            "train": rows(train), "shots": shots, "seed": seed, "draws": draws, "batch_size": batch_size,
+            "max_new_tokens": max_new_tokens, "instruction": instruction, "threads": torch.get_num_threads(),
+            "device": str(param.device), "dtype": str(param.dtype), "torch": torch.__version__,
+            "transformers": transformers.__version__, "code": code}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
+
+
+def read_icl_reference(path: Path) -> tuple[list[float] | None, float]:
+    """(per-query ICL scores, best generation seconds) kept at `path`, or (None, inf) when there is none or it is
+    unreadable (then it is recomputed and rewritten)."""
+    try:
+        kept = json.loads(path.read_text())
+        if kept.get("format") != ICL_REFERENCE_FORMAT or kept.get("key") != path.stem:
+            return None, float("inf")
+        return [float(a) for a in kept["item_acc"]], float(kept["seconds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, float("inf")
+
+
+def write_icl_reference(path: Path, pool: str, item_acc: Sequence[float], seconds: float) -> None:
+    """Keep a pool's ICL reference at `path` (written to a temporary file, then renamed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"format": ICL_REFERENCE_FORMAT, "key": path.stem, "pool": pool,
+                               "item_acc": list(item_acc), "seconds": seconds}) + "\n")
+    os.replace(tmp, path)
+
+
 @dataclass
 class TestResult:
     """Per pool: test accuracy with the selected vectors, zero-shot and k-shot ICL; generation seconds."""
@@ -406,6 +475,7 @@ def evaluate_test(
     instruction: str | None,
     repeats: int,
     icl_draws: int = 1,
+    icl_cache_dir: str | Path | None = None,
 ) -> TestResult:
     """Score each pool's selected `vectors` on its test items (once), next to zero-shot and `shots`-shot ICL.
 
@@ -413,6 +483,10 @@ def evaluate_test(
     its mean over the draws: the expected k-shot accuracy under random demos, which one draw estimates with
     the extra variance of the draw (on ~27 items a pool's single-draw accuracy moves by several points with
     the draw alone). The vectors and zero-shot are deterministic (greedy), so they are scored once.
+    With `icl_cache_dir`, each pool's ICL reference (per-query scores and its best generation time) is kept
+    there under `icl_reference_key` and read back by the next stage that asks for the same one: the live and
+    mimic stages score the same 16-shot reference (~35 s on the default), and greedy decoding makes it a
+    memo, not an approximation.
     """
     if icl_draws < 1:
         raise ValueError(f"icl_draws must be >= 1, got {icl_draws}")
@@ -429,14 +503,24 @@ def evaluate_test(
         out.vector_acc[pool] = evaluate_vectors(model, processor, vs, test, samples_out=samples, **kw)["accuracy"]
         out.samples[pool] = samples
         out.zero_shot_acc[pool] = evaluate_vectors(model, processor, None, test, **kw)["accuracy"]
-        icl_item_acc = [0.0] * len(test)
-        icl_seconds = float("inf")
-        for draw in range(icl_draws):
-            prompts = [(icl_demos(q, train, shots, seed=seed, index=i, draw=draw), q) for i, q in enumerate(test)]
-            predictions, seconds = _generate(runner, prompts, None, instruction)
-            icl_seconds = min(icl_seconds, seconds)  # best of the draws, like the other timings' best-of
-            for i, (p, q) in enumerate(zip(predictions, test, strict=True)):
-                icl_item_acc[i] += item_accuracy(p, q) / icl_draws
+        cache = None
+        if icl_cache_dir is not None:
+            key = icl_reference_key(model, processor, test, train, shots=shots, seed=seed, draws=icl_draws, **kw)
+            cache = Path(icl_cache_dir) / f"{key[:24]}.json"
+        icl_item_acc, icl_seconds = read_icl_reference(cache) if cache is not None else (None, float("inf"))
+        if icl_item_acc is not None:
+            log.info("pool %s: %d-shot ICL reference read from %s (the same model, items, demo draws and code)",
+                     pool, shots, cache)
+        else:
+            icl_item_acc = [0.0] * len(test)
+            for draw in range(icl_draws):
+                prompts = [(icl_demos(q, train, shots, seed=seed, index=i, draw=draw), q) for i, q in enumerate(test)]
+                predictions, seconds = _generate(runner, prompts, None, instruction)
+                icl_seconds = min(icl_seconds, seconds)  # best of the draws, like the other timings' best-of
+                for i, (p, q) in enumerate(zip(predictions, test, strict=True)):
+                    icl_item_acc[i] += item_accuracy(p, q) / icl_draws
+            if cache is not None:
+                write_icl_reference(cache, pool, icl_item_acc, icl_seconds)
         out.icl_acc[pool] = mean(icl_item_acc)
         out.gap[pool] = paired_gap(icl_item_acc, [s["accuracy"] for s in samples])
         zero = [([], q) for q in test]
