@@ -134,6 +134,34 @@ def test_prompts_without_cached_pixels_have_the_processor_ids(loaded: tuple) -> 
         adapter.build_prompts(specs, need_pixels=[[True], [True, True]])
 
 
+def test_llava_pixel_memo_gives_the_processor_output(loaded: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
+    import copy
+
+    from lmmops.models import ICLItem, adapter_for, adapters
+
+    model, processor, support, test = loaded
+    adapter = adapter_for(model, processor)
+    items = [ICLItem(embedder_image(it.image_path), it.question, it.multiple_choice_answer) for it in support[:4]]
+    queries = [ICLItem(embedder_image(it.image_path), it.question, it.multiple_choice_answer) for it in test[:2]]
+    specs = [(items[:3], queries[0]), (items[1:], queries[1]), ([items[0], items[0]], queries[0]), ([], queries[1])]
+    other = copy.deepcopy(processor)  # not the adapter's own processor: the processor call itself, no memo
+    row_bytes = 3 * 32 * 32 * 4
+    monkeypatch.setattr(adapters, "PIXEL_MEMO_BYTES", 5 * row_bytes)  # fewer rows than the prompts' 6 images
+    for side in ("left", "right"):
+        for with_answer in (False, True):
+            expected = adapter.build_prompts(specs, padding_side=side, with_answer=with_answer, processor=other)
+            for _ in range(2):  # the second time from the memo
+                got = adapter.build_prompts(specs, padding_side=side, with_answer=with_answer)
+                assert set(got.inputs) == set(expected.inputs)
+                for key, value in expected.inputs.items():
+                    assert torch.equal(got.inputs[key], value), key
+                assert got.query_spans == expected.query_spans and got.demo_spans == expected.demo_spans
+    memo = adapter.__dict__["_pixel_memo"]
+    assert len(memo) == 6  # every image of the last call is kept, older ones went first
+    adapter.build_prompts([([], queries[0])])
+    assert len(memo) == 5 and id(queries[0].image) in memo
+
+
 def test_query_ids_memo_is_bounded_and_exact(loaded: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
     from lmmops.models import ICLItem, adapter_for, adapters
 
