@@ -36,8 +36,8 @@ the vision encoder. With `build_prompts(need_pixels=...)` LLaVA also leaves the 
 processor (`skips_unneeded_pixels`: its image tokens depend on the image size only, so the prompt's ids are built
 by parts); the other families still process every image. LLaVA always builds by parts with its own processor
 and memoises each image's pixel rows (`_pixel_rows`): in-context vector training re-draws the same demo images
-every step (~25% faster LIVE steps on the default model; identical tensors, tested against the processor). Supported (`supports_feature_cache`) for llava,
-idefics2 and idefics3, whose forward
+every step (~25% faster LIVE steps on the default model; identical tensors, tested against the processor).
+Supported (`supports_feature_cache`) for llava, idefics2 and idefics3, whose forward
 merges image features by a masked scatter at the image token. Not for idefics (gated cross-attention reads
 the image states inside every layer) nor qwen2_vl/qwen2_5_vl (their M-RoPE position ids are computed from
 input_ids and image_grid_thw inside the forward, which inputs_embeds would bypass): those raise
