@@ -63,6 +63,27 @@ def test_attach_detach_and_zero_alpha(family):
     assert all(p.requires_grad for p in model.parameters())  # flags restored
 
 
+@pytest.mark.parametrize("family", ["llava", "idefics"])  # the MLP-output site and the decoder-layer-output site
+def test_inference_path_equals_the_autograd_path_and_follows_updates(family):
+    # Without autograd the hook reuses alpha_l * v_l; it must give live_shift's output bit for bit, and see an
+    # in-place update of the vectors made inside the same attachment (an optimiser step, load_state_dict).
+    model, inputs = _inputs(family)
+    vectors = LiveVectors.for_adapter(adapter_for(model), seed=3)
+    with attach_live(model, vectors):
+        with torch.no_grad():
+            cached = model(**inputs).logits
+            again = model(**inputs).logits
+        graph = model(**inputs).logits.detach()  # the autograd path: live_shift itself
+        assert torch.equal(cached, graph) and torch.equal(again, graph)
+        for update in (lambda: vectors.vectors.mul_(-2.0), lambda: vectors.alpha.add_(0.3)):
+            with torch.no_grad():
+                before = model(**inputs).logits
+                update()
+                after = model(**inputs).logits
+            assert not torch.equal(after, before)
+            assert torch.equal(after, model(**inputs).logits.detach())
+
+
 def test_generation_applies_live_at_every_step():
     model, inputs = _inputs("llama")
     vectors = LiveVectors.for_adapter(adapter_for(model), seed=2)
