@@ -143,8 +143,8 @@ def main(argv: list[str] | None = None) -> int:
 
         queries, support = load_vqa(args.data, "test")[: args.queries], load_vqa(args.data, "train")
     else:
-        queries = synthetic_items(args.queries, Path(tmp.name))
-        support = queries
+        support = synthetic_items(max(args.queries, args.shots), Path(tmp.name))  # enough for `--shots` demos
+        queries = support[: args.queries]
     rng = np.random.default_rng(0)
     demos = [[support[int(i)] for i in rng.choice(len(support), size=args.shots, replace=False)] for _ in queries]
     vectors = {m: trained_or_fresh(m, model, processor) for m in ("live", "mimic")}
