@@ -397,11 +397,13 @@ def icl_reference_key(
     batch_size: int,
     max_new_tokens: int,
     instruction: str | None,
+    fingerprints: dict[int, str] | None = None,
 ) -> str:
     """Hash of everything a pool's k-shot ICL reference depends on: the base model's weights and tokenizer, the
     test and train items (ids, question, answers, image bytes), the demo draws (shots, seed, draws), decoding
     (batch size, max new tokens, instruction, threads, device, library versions) and the code that builds the
-    prompts, decodes and scores."""
+    prompts, decodes and scores. `fingerprints`: a memo of `model_fingerprint` by model id that the caller keeps
+    for the model's lifetime (it reads every weight, so a stage computes it once, not once per pool)."""
     import transformers
 
     from lmmops.eval import metrics
@@ -415,7 +417,11 @@ def icl_reference_key(
     code = [_file_digest(Path(f)) for f in (__file__, inference.__file__, experiment.__file__, metrics.__file__,
                                              *_prompt_code_files())]
     param = next(model.parameters())
-    blob = {"format": ICL_REFERENCE_FORMAT, "model": model_fingerprint(model, processor), "test": rows(test),
+    memo = fingerprints if fingerprints is not None else {}
+    if id(model) not in memo:
+        memo[id(model)] = model_fingerprint(model, processor)
+    fingerprint = memo[id(model)]
+    blob = {"format": ICL_REFERENCE_FORMAT, "model": fingerprint, "test": rows(test),
             "train": rows(train), "shots": shots, "seed": seed, "draws": draws, "batch_size": batch_size,
             "max_new_tokens": max_new_tokens, "instruction": instruction, "threads": torch.get_num_threads(),
             "device": str(param.device), "dtype": str(param.dtype), "torch": torch.__version__,
@@ -496,6 +502,7 @@ def evaluate_test(
 
     runner = ICLRunner(model, processor, batch_size=batch_size, max_new_tokens=max_new_tokens, progress=False)
     out = TestResult({}, {}, {}, {}, {})
+    fingerprints: dict[int, str] = {}  # model_fingerprint, once for all pools
     for pool, vs in vectors.items():
         test, train = list(pools[pool]["test"]), list(pools[pool]["train"])
         samples: list[dict[str, Any]] = []
@@ -505,7 +512,8 @@ def evaluate_test(
         out.zero_shot_acc[pool] = evaluate_vectors(model, processor, None, test, **kw)["accuracy"]
         cache = None
         if icl_cache_dir is not None:
-            key = icl_reference_key(model, processor, test, train, shots=shots, seed=seed, draws=icl_draws, **kw)
+            key = icl_reference_key(model, processor, test, train, shots=shots, seed=seed, draws=icl_draws,
+                                    fingerprints=fingerprints, **kw)
             cache = Path(icl_cache_dir) / f"{key[:24]}.json"
         icl_item_acc, icl_seconds = read_icl_reference(cache) if cache is not None else (None, float("inf"))
         if icl_item_acc is not None:
