@@ -1,7 +1,8 @@
 """Official VQAv2 accuracy on hand-computed cases, and copy rate.
 
-Each expected value is worked out by hand from the official rule: normalise only when the ten answers
-disagree; acc_i = min(1, matches among the other nine / 3); mean over the ten."""
+Each expected value is worked out by hand from the official rule: the prediction is always normalised
+(whitespace, punctuation, number words, articles, contractions); the ten answers get the punctuation step
+only when they disagree; acc_i = min(1, matches among the other nine / 3); mean over the ten."""
 
 from __future__ import annotations
 
@@ -20,10 +21,18 @@ def ans(*groups: tuple[int, str]) -> list[str]:
 CASES = [
     # (prediction, answers, expected, why)
     ("yes", ans((10, "yes")), 1.0, "unanimous, exact"),
-    ("Yes", ans((10, "yes")), 0.0, "unanimous answers: no normalisation at all, case matters"),
+    ("Yes", ans((10, "yes")), 1.0, "unanimous answers: the prediction is still lower-cased"),
+    ("YES!", ans((10, "yes")), 1.0, "unanimous: '!' becomes a space, then lower case and re-joined words"),
+    ("two", ans((10, "2")), 1.0, "unanimous: number word in the prediction becomes 2"),
+    ("the dog", ans((10, "dog")), 1.0, "unanimous: article dropped from the prediction"),
+    ("Dog.", ans((10, "dog")), 1.0, "unanimous: period (not before a digit) stripped"),
+    ("a dog", ans((10, "a dog")), 0.0, "unanimous answers are never normalised: 'dog' != 'a dog'"),
+    ("yes", ans((10, "Yes")), 0.0, "unanimous answers keep their case"),
     (" yes\n", ans((10, "yes")), 1.0, "newline to space and strip happen always"),
     ("\tno\t", ans((10, "no")), 1.0, "tabs too"),
-    ("2 dogs", ans((10, "2")), 0.0, "unanimous: raw comparison"),
+    ("2 dogs", ans((10, "2")), 0.0, "unanimous: '2 dogs' != '2'"),
+    ("Yes", ans((3, "yes"), (7, "no")), 0.9, "split answers, capitalised prediction: 3 x 2/3 + 7 x 1"),
+    ("The dog.", ans((5, "dog"), (5, "cat")), 1.0, "split: article and period dropped; 5 'dog'"),
     ("yes", ans((3, "yes"), (7, "no")), 0.9, "3 x 2/3 + 7 x 1"),
     ("no", ans((3, "yes"), (7, "no")), 1.0, "every leave-one-out subset has >= 3 'no'"),
     ("2", ans((2, "2"), (8, "3")), 0.6, "2 x 1/3 + 8 x 2/3"),

@@ -136,7 +136,8 @@ def test_total_reward() -> None:
     assert total_reward(wrap("\\boxed{5}"), "4") == 0.5  # format only
     assert total_reward("\\boxed{4}", "4") == 1.0  # right, bad format
     assert total_reward("no", "4") == 0.0
-    assert total_reward(wrap("\\boxed{4}"), "hello world") == 0.5  # skipped accuracy counts as 0
+    assert total_reward(wrap("\\boxed{4}"), "hello world") is None  # unparseable gold: the row is skipped
+    assert total_reward("no", "hello world") is None
 
 
 def test_trl_call_shape_and_stats() -> None:
@@ -150,7 +151,7 @@ def test_trl_call_shape_and_stats() -> None:
     answer = ["4", "4", "4", "hello world"]
     assert format_reward_fn(prompts, completions, answer=answer, extra_column=1) == [1.0, 0.0, 1.0, 1.0]
     assert accuracy_reward_fn(prompts, completions, answer=answer, trainer_state=None) == [1.0, 1.0, 0.0, None]
-    assert total_reward_fn(prompts, completions, answer) == [1.5, 1.0, 0.5, 0.5]
+    assert total_reward_fn(prompts, completions, answer) == [1.5, 1.0, 0.5, None]
     stats = RewardStats()
     verify_batch(completions, answer, stats=stats)
     assert stats.as_dict() == {"rows": 4, "skipped": 1, "timeouts": 0, "guarded": 0, "errors": 0}

@@ -4,11 +4,11 @@
 annotator answers, with the official evaluation script's semantics exactly (its quirks included, so
 that numbers are comparable with published ones):
 
-- the prediction's newlines and tabs become spaces and it is stripped;
-- only when the ten answers are not all identical are the answers' punctuation and the prediction's
-  punctuation, number words, articles and contractions normalised (when all annotators agree, the raw
-  stripped prediction is compared as is);
-- the ground-truth answers get the punctuation step only (never the digit/article step);
+- the prediction is always normalised: newlines and tabs become spaces, it is stripped, then the
+  punctuation step, then number words to digits, articles dropped and contractions restored (lower case);
+- the ground-truth answers get the punctuation step only, and only when the ten are not all identical
+  (a unanimous answer is compared as written: "a dog" x 10 never matches, since the prediction loses
+  its article; that is the reference's behaviour, kept for comparable numbers);
 - for each of the ten answers, acc_i = min(1, #matches among the other nine / 3); the accuracy is the
   mean of the ten.
 The punctuation step keeps two quirks of the reference: its period regex `(?!<=\\d)(\\.)(?!\\d)` (a
@@ -92,10 +92,10 @@ def vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
     if not answers:
         raise ValueError("vqa_accuracy needs at least one ground-truth answer")
     pred = prediction.replace("\n", " ").replace("\t", " ").strip()
+    pred = process_digit_article(process_punctuation(pred))
     gts = list(answers)
     if len(set(gts)) > 1:
         gts = [process_punctuation(a) for a in gts]
-        pred = process_digit_article(process_punctuation(pred))
     accs = []
     for i in range(len(gts)):
         matches = sum(1 for j, gt in enumerate(gts) if j != i and gt == pred)

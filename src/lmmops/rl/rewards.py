@@ -6,7 +6,8 @@ functions as metrics (DESIGN.md convention 5: the reward is the metric on one sa
 - `format_reward(completion)`: 1.0 when the completion is exactly `<think>...</think><answer>...</answer>`.
 - `accuracy_reward(completion, answer)`: math-verify equivalence of the prediction with the gold answer;
   None when the gold answer cannot be parsed (the row is skipped, never rewarded).
-- `total_reward(completion, answer)`: 0.5 * format + accuracy (None counts as 0).
+- `total_reward(completion, answer)`: 0.5 * format + accuracy; None when the gold cannot be parsed (the row
+  is skipped, as for accuracy: it is never rewarded for its format alone).
 - `verify_batch(completions, answers)`: accuracy for many rows at once, in parallel.
 - `format_reward_fn`, `accuracy_reward_fn`, `total_reward_fn`: the TRL call shape
   `fn(prompts, completions, **columns) -> list[float | None]`; completions may be strings or chat lists.
@@ -480,10 +481,12 @@ def accuracy_reward(completion: str, answer: str, *, timeout_s: float = 5.0) -> 
     return verify_batch([completion], [answer], timeout_s=timeout_s)[0]
 
 
-def total_reward(completion: str, answer: str, *, timeout_s: float = 5.0) -> float:
-    """R = 0.5 * format + accuracy, with a skipped (None) accuracy counted as 0."""
+def total_reward(completion: str, answer: str, *, timeout_s: float = 5.0) -> float | None:
+    """R = 0.5 * format + accuracy; None (skip the row) when the gold answer cannot be parsed."""
     accuracy = accuracy_reward(completion, answer, timeout_s=timeout_s)
-    return 0.5 * format_reward(completion) + (accuracy or 0.0)
+    if accuracy is None:
+        return None
+    return 0.5 * format_reward(completion) + accuracy
 
 
 # --------------------------------------------------------------------------------------------------
@@ -505,7 +508,7 @@ def accuracy_reward_fn(
 def total_reward_fn(
     prompts: Sequence[Any], completions: Sequence[Any], answer: Sequence[str], **columns: Any
 ) -> list[float | None]:
-    """Total reward 0.5 * F + A for a batch (a skipped row's accuracy counts as 0)."""
+    """Total reward 0.5 * F + A for a batch; None for a row whose gold cannot be parsed (skipped)."""
     formats = format_reward_fn(prompts, completions)
     accuracies = accuracy_reward_fn(prompts, completions, answer)
-    return [0.5 * (f or 0.0) + (a or 0.0) for f, a in zip(formats, accuracies, strict=True)]
+    return [None if a is None else 0.5 * (f or 0.0) + a for f, a in zip(formats, accuracies, strict=True)]
