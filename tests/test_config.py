@@ -95,3 +95,23 @@ def test_params_hash_is_stable_and_sensitive():
     assert params_hash(a) != params_hash(b)
     assert flatten({"a": {"b": 1, "c": [1, 2]}}) == {"a.b": 1, "a.c": "[1, 2]"}
     assert to_dict(a)["seed"] == 0
+
+
+@pytest.mark.parametrize("stage", ["icl-eval", "live", "mimic", "vector-baselines"])
+def test_decoding_keys_load_and_bad_values_name_the_key(tmp_path: Path, stage: str):
+    params = tmp_path / "params.yaml"
+    params.write_text(f"{stage}:\n  num_beams: 3\n  answer_cut: ['Question|Answer|Short', ', ']\n")
+    cfg = load_stage_config(stage, params)
+    assert cfg.num_beams == 3 and cfg.answer_cut == ("Question|Answer|Short", ", ")
+    assert STAGE_CONFIGS[stage]().num_beams == 1 and STAGE_CONFIGS[stage]().answer_cut == ()  # greedy, no cut
+    for body, key, problem in [
+        ("num_beams: 0", "num_beams", "must be >= 1"),
+        ("num_beams: 1.5", "num_beams", "expected an integer"),
+        ("answer_cut: ['ok', 'Question(']", "answer_cut[1]", "'Question(' is not a valid regex"),
+        ("answer_cut: ['x*']", "answer_cut[0]", "'x*' matches the empty string"),
+        ("answer_cut: ', '", "answer_cut", "expected a list"),
+    ]:
+        params.write_text(f"{stage}:\n  {body}\n")
+        with pytest.raises(ConfigError) as exc:
+            load_stage_config(stage, params)
+        assert f"{params}: {stage}.{key}: {problem}" in str(exc.value)

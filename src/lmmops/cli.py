@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="trainable parameters of LIVE, MimIC and LoRA for Idefics-9b, Idefics2-8b-base, Qwen2.5-VL-3B",
     )
     pt.add_argument("--lora-rank", type=int, default=16, help="LoRA rank r (default 16)")
-    pt.add_argument("--breakdown", action="store_true", help="also print LoRA parameters per module group")
+    pt.add_argument("--breakdown", action="store_true",
+                    help="also print LoRA parameters per module group (default scope: every q/k/v/o)")
     pt.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser
 
@@ -133,7 +134,7 @@ def _params_table(lora_rank: int, *, breakdown: bool, as_json: bool) -> int:
     print(rows_as_json(rows) if as_json else format_params_table(rows))
     if breakdown and not as_json:
         for name, file in REFERENCE_CONFIGS.items():
-            print(f"\n{name}: LoRA r={lora_rank} by module group")
+            print(f"\n{name}: LoRA r={lora_rank}, every q/k/v/o (the default scope), by module group")
             for group, count in lora_breakdown(build_on_meta(CONFIG_DIR / file), rank=lora_rank).items():
                 print(f"  {group:<60} {count:>12,}")
     return 0

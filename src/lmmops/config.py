@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -86,6 +87,9 @@ class SokobanGenConfig:
 @dataclass(frozen=True)
 class GenerateConfig:
     seed: int = 0
+    # Seed of every family's test split (train and val use `seed`): a test split that no setting was
+    # chosen on. Change it only to draw a new test split, never to pick a better one.
+    test_seed: int = 20261205
     out_dir: str = "data"
     # false: data/ holds real datasets dropped in by the user; `generate` only versions them (dvc add).
     synthetic: bool = True
@@ -217,6 +221,8 @@ class ICLEvalConfig:
     use_demo_cache: bool = True
     batch_size: int = 32
     max_new_tokens: int = 8
+    num_beams: int = 1  # 1 = greedy; > 1 = beam search (lmmops.icl.inference)
+    answer_cut: tuple[str, ...] = ()  # regexes: the answer is cut before the first match of any; () = no cut
     seed: int = 0
     threads: int = 2
 
@@ -255,6 +261,8 @@ class VectorStageConfig:
     instruction: str | None = None  # the same at training and inference
     eval_batch_size: int = 64
     max_new_tokens: int = 8
+    num_beams: int = 1  # 1 = greedy; > 1 = beam search (lmmops.icl.inference)
+    answer_cut: tuple[str, ...] = ()  # regexes: the answer is cut before the first match of any; () = no cut
     latency_repeats: int = 3  # generation timings: best of this many
     # Test-split k-shot ICL (the reference the vectors are compared with): independent demo draws per query,
     # each query scored by its mean over them (one draw adds the draw's own variance to a ~27-item pool).
@@ -302,12 +310,14 @@ class MimicStageConfig(VectorStageConfig):
 # vector-baselines (the baselines of LIVE / MimIC: LoRA, task vector, function vector, ICV; PAPERS.md §4)
 
 BaselineName = Literal["lora", "task_vector", "function_vector", "icv"]
+LoraScope = Literal["all_qkvo", "decoder_self_attn"]
 
 
 @dataclass(frozen=True)
 class LoraBaselineConfig:
-    """peft LoRA on the language model's self-attention q/k/v/o, trained on query -> answer (answer-only LM loss)."""
+    """peft LoRA on q/k/v/o projections (`scope`), trained on query -> answer (answer-only LM loss)."""
 
+    scope: LoraScope = "all_qkvo"  # every q/k/v/o_proj (peft suffix matching, the reference) or decoder_self_attn
     rank: int = 16
     alpha: float = 32.0
     dropout: float = 0.05
@@ -365,6 +375,8 @@ class VectorBaselinesConfig:
     seed: int = 0
     batch_size: int = 32
     max_new_tokens: int = 8
+    num_beams: int = 1  # 1 = greedy; > 1 = beam search (lmmops.icl.inference)
+    answer_cut: tuple[str, ...] = ()  # regexes: the answer is cut before the first match of any; () = no cut
     latency_repeats: int = 2  # timed test generations per (pool, method); latency_rel uses the best
     threads: int = 1
     workers: int = 1  # pools fitted at once in that many processes (CPU only; the same results as 1)
@@ -436,7 +448,22 @@ def from_dict(cls: type, data: Any, *, where: str, key: str) -> Any:
             kwargs[name] = _coerce(hints[name], data[name], where=where, key=f"{key}.{name}")
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"{where}: missing required key {key}.{name}")
+    _check_decoding(kwargs, where=where, key=key)
     return cls(**kwargs)
+
+
+def _check_decoding(values: dict[str, Any], *, where: str, key: str) -> None:
+    """The decoding keys of a generating stage: num_beams >= 1; every answer_cut rule a regex that does not match
+    the empty string (it would cut every answer to nothing)."""
+    if "num_beams" in values and values["num_beams"] < 1:
+        raise ConfigError(f"{where}: {key}.num_beams: must be >= 1 (1 = greedy), got {values['num_beams']}")
+    for i, rule in enumerate(values.get("answer_cut", ())):
+        try:
+            empty = re.compile(rule).fullmatch("") is not None
+        except re.error as exc:
+            raise ConfigError(f"{where}: {key}.answer_cut[{i}]: {rule!r} is not a valid regex: {exc}") from exc
+        if empty:
+            raise ConfigError(f"{where}: {key}.answer_cut[{i}]: {rule!r} matches the empty string")
 
 
 def _coerce(tp: Any, value: Any, *, where: str, key: str) -> Any:

@@ -2,9 +2,12 @@
 
     lmmops report          a table (rich) on stdout; after it, once live / mimic / vector-baselines have run, the
                            "in-context vectors" table: method (zero-shot, k-shot ICL, LIVE, MimIC, baselines),
-                           trainable params, mean test accuracy over task pools, latency per query vs zero-shot
+                           trainable params, mean test accuracy over task pools (also without the near-duplicate
+                           test items: near-copies of a train item), latency per query vs zero-shot
     lmmops report --json   the same as JSON, for scripts (the vectors table under "vectors", with per-pool accuracies
-                           and, for LIVE and MimIC, the per-pool gap to ICL with its paired standard error)
+                           and, for LIVE and MimIC, the per-pool gap to ICL with its paired standard error; each
+                           also without the near-duplicates: test_acc_nodup, test_acc_nodup_per_pool,
+                           gap_to_icl_nodup_per_pool)
     lmmops ui              the MLflow UI for this project's store on 127.0.0.1 (`make ui`)
 """
 
@@ -50,9 +53,18 @@ def _per_pool(metrics: dict[str, float], prefix: str) -> dict[str, float]:
 
 
 def _vector_row(method: str, stage: str, params: float | None, acc: float | None, latency: float | None,
-                per_pool: dict[str, float]) -> dict[str, Any]:
-    return {"method": method, "stage": stage, "trainable_params": params, "test_acc": acc, "latency_rel": latency,
-            "test_acc_per_pool": per_pool}
+                per_pool: dict[str, float], metrics: dict[str, float] | None = None, key: str = "") -> dict[str, Any]:
+    """One method's row; with `metrics` and `key` (its test accuracy family, e.g. "icl_acc/" or "test_acc/lora/"),
+    also test_acc_nodup and test_acc_nodup_per_pool: the same without the near-duplicate test items (metrics
+    <family>_nodup/...; None and {} for a run older than them)."""
+    row = {"method": method, "stage": stage, "trainable_params": params, "test_acc": acc, "latency_rel": latency,
+           "test_acc_per_pool": per_pool, "test_acc_nodup": None, "test_acc_nodup_per_pool": {}}
+    if metrics is not None and key:
+        family, _, rest = key.partition("/")
+        nodup = f"{family}_nodup/{rest}"
+        row["test_acc_nodup"] = metrics.get(f"{nodup}mean")
+        row["test_acc_nodup_per_pool"] = _per_pool(metrics, nodup)
+    return row
 
 
 def vector_table(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -69,24 +81,27 @@ def vector_table(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
     if ref_stage is not None:
         ref = full[ref_stage]
         rows.append(_vector_row("zero-shot", ref_stage, 0, ref.get("zero_shot_acc/mean"), 1.0,
-                                _per_pool(ref, "zero_shot_acc/")))
+                                _per_pool(ref, "zero_shot_acc/"), ref, "zero_shot_acc/"))
         icl = _vector_row(f"{int(ref.get('shots', 0))}-shot ICL", ref_stage, 0, ref.get("icl_acc/mean"),
-                          ref.get("icl_latency_rel"), _per_pool(ref, "icl_acc/"))
+                          ref.get("icl_latency_rel"), _per_pool(ref, "icl_acc/"), ref, "icl_acc/")
         icl["icl_draws"] = int(ref.get("icl_draws", 1))  # demo draws per test query its accuracy averages
         rows.append(icl)
     elif BASELINE_STAGE in full and "test_acc/zero-shot/mean" in full[BASELINE_STAGE]:
         ref = full[BASELINE_STAGE]
         rows.append(_vector_row("zero-shot", BASELINE_STAGE, 0, ref["test_acc/zero-shot/mean"], 1.0,
-                                _per_pool(ref, "test_acc/zero-shot/")))
+                                _per_pool(ref, "test_acc/zero-shot/"), ref, "test_acc/zero-shot/"))
     for stage, label in VECTOR_STAGES.items():
         if stage in full:
             m = full[stage]
             row = _vector_row(label, stage, m.get("trainable_params"), m.get("test_acc/mean"),
-                              m.get("latency_rel"), _per_pool(m, "test_acc/"))
-            # ICL minus the method on the same test items, its paired standard error and the item count
-            se = _per_pool(m, "gap_to_icl_se/")
-            row["gap_to_icl_per_pool"] = {p: {"gap": g, "se": se.get(p), "test_items": m.get(f"test_items/{p}")}
-                                          for p, g in _per_pool(m, "gap_to_icl/").items()}
+                              m.get("latency_rel"), _per_pool(m, "test_acc/"), m, "test_acc/")
+            # ICL minus the method on the same test items, its paired standard error and the item count; and the
+            # same without the near-duplicate test items
+            for suffix in ("", "_nodup"):
+                se = _per_pool(m, f"gap_to_icl_se{suffix}/")
+                row[f"gap_to_icl{suffix}_per_pool"] = {
+                    p: {"gap": g, "se": se.get(p), "test_items": m.get(f"test_items{suffix}/{p}")}
+                    for p, g in _per_pool(m, f"gap_to_icl{suffix}/").items()}
             rows.append(row)
     if BASELINE_STAGE in full:
         m = full[BASELINE_STAGE]
@@ -94,7 +109,7 @@ def vector_table(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
         for b in [*(b for b in BASELINE_LABELS if b in found), *sorted(found - set(BASELINE_LABELS))]:
             rows.append(_vector_row(BASELINE_LABELS.get(b, b), BASELINE_STAGE, m.get(f"trainable_params/{b}"),
                                     m.get(f"test_acc/{b}/mean"), m.get(f"latency_rel/{b}"),
-                                    _per_pool(m, f"test_acc/{b}/")))
+                                    _per_pool(m, f"test_acc/{b}/"), m, f"test_acc/{b}/"))
     if not rows:
         return None
     pools = sorted({p for r in rows for p in r["test_acc_per_pool"]})
@@ -105,13 +120,15 @@ def _print_vector_table(console: Any, vectors: dict[str, Any]) -> None:
     from rich.table import Table
 
     table = Table(title="in-context vectors (test split, mean over task pools)")
-    for col in ("method", "trainable params", "test accuracy", "latency vs zero-shot", "stage"):
+    for col in ("method", "trainable params", "test accuracy", "without near-duplicates", "latency vs zero-shot",
+                "stage"):
         table.add_column(col, justify="left" if col in ("method", "stage") else "right")
     for r in vectors["rows"]:
         params = "-" if r["trainable_params"] is None else f"{int(r['trainable_params']):,}"
         acc = "-" if r["test_acc"] is None else f"{100 * r['test_acc']:.1f}%"
+        nodup = "-" if r.get("test_acc_nodup") is None else f"{100 * r['test_acc_nodup']:.1f}%"
         latency = "-" if r["latency_rel"] is None else f"{r['latency_rel']:.2f}x"
-        table.add_row(r["method"], params, acc, latency, r["stage"])
+        table.add_row(r["method"], params, acc, nodup, latency, r["stage"])
     console.print(table)
 
 

@@ -42,11 +42,29 @@ def test_same_config_gives_byte_identical_trees(tmp_path: Path, generated: tuple
 
 
 def test_another_seed_gives_other_data(tmp_path: Path, generated: tuple[Path, dict]) -> None:
-    generate_all(dataclasses.replace(SMALL, seed=4), tmp_path, progress=False)
+    generate_all(dataclasses.replace(SMALL, seed=4, test_seed=5), tmp_path, progress=False)
     other = tree_md5(tmp_path / "data")
     first = tree_md5(generated[0])
     changed = [f for f in first if f != "manifest.json" and other.get(f) != first[f]]
     assert len(changed) > 0.9 * (len(first) - 1)
+
+
+def test_test_seed_moves_only_the_test_splits(tmp_path: Path, generated: tuple[Path, dict]) -> None:
+    generate_all(dataclasses.replace(SMALL, test_seed=SMALL.test_seed + 1), tmp_path, progress=False)
+    other = tree_md5(tmp_path / "data")
+    first = tree_md5(generated[0])
+    def is_test(f: str) -> bool:
+        return "test" in f.split("/")[-1] or "/test" in f
+
+    kept = {f for f in first if not is_test(f) and f != "manifest.json"}
+    assert kept == {f for f in other if not is_test(f) and f != "manifest.json"}
+    assert all(other[f] == first[f] for f in kept)  # train and val are byte-identical
+    changed = {f for f in first if is_test(f) and other.get(f) != first[f]}
+    # every family's test split moved (near-duplicates copy train, so the VQA split moves as a whole)
+    for test_file in ("vqa/v2_OpenEnded_mscoco_test2014_questions.json", "deepscaler/test.jsonl",
+                      "multimath/test.jsonl", "vermulti/geo/test.jsonl", "vermulti/perce_reason/test.jsonl",
+                      "sokoban/test.jsonl"):
+        assert test_file in changed, test_file
 
 
 def test_summary_and_manifest(generated: tuple[Path, dict]) -> None:

@@ -28,3 +28,25 @@ def test_paired_gap_edges() -> None:
         paired_gap([1.0, 0.0], [1.0])
     with pytest.raises(ValueError, match="at least one"):
         paired_gap([], [])
+
+
+def test_mean_without_the_flagged_items_hand_computed() -> None:
+    from lmmops.eval.analysis import mean_se, mean_without, split_by_mask
+
+    scores = [1.0, 0.0, 0.6, 1.0, 0.0]
+    dup = [False, True, False, True, False]
+    assert split_by_mask(scores, dup) == ([0.0, 1.0], [1.0, 0.6, 0.0])
+    # kept 1.0, 0.6, 0.0: mean 1.6 / 3; deviations 7/15, 1/15, -8/15 -> squares 114/225; variance 57/225;
+    # SE sqrt(57/225 / 3) = sqrt(19) / 15
+    m, se, n = mean_without(scores, dup)
+    assert n == 3 and m == pytest.approx(1.6 / 3) and se == pytest.approx(math.sqrt(19) / 15)
+    # nothing flagged: the plain mean (what real data, with no near-duplicates, reports twice)
+    m, se, n = mean_without(scores, [False] * 5)
+    assert n == 5 and m == pytest.approx(0.52) and (m, se) == mean_se(scores)
+    # one item left: no standard error; none left: no mean
+    m, se, n = mean_without([1.0, 0.0], [True, False])
+    assert (m, n) == (0.0, 1) and math.isnan(se)
+    m, se, n = mean_without([1.0], [True])
+    assert n == 0 and math.isnan(m) and math.isnan(se)
+    with pytest.raises(ValueError, match="mask of 1"):
+        mean_without([1.0, 0.0], [True])

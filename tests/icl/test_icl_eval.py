@@ -22,7 +22,15 @@ from lmmops.icl.cache import DemoFeatureCache, image_key
 from lmmops.icl.embedders import ModelImageEmbedder
 from lmmops.icl.experiment import RunSpec, check_plan, plan_runs, run_plan, score
 from lmmops.icl.index import StaleIndexError
-from lmmops.icl.inference import ICLRunner
+from lmmops.icl.inference import (
+    LIVE_ANSWER_CUT,
+    Decoding,
+    ICLRunner,
+    compile_answer_cut,
+    current_decoding,
+    cut_answer,
+    decoding,
+)
 from lmmops.icl.retrieval import Retriever
 
 from testutil import tiny_project
@@ -194,6 +202,68 @@ def test_cached_logits_equal_uncached(loaded: tuple) -> None:
         adapter.embed_with_image_features(batch.input_ids, features[:-1])
 
 
+def test_answer_cut_rules_hand_checked() -> None:
+    assert cut_answer("red, blue", LIVE_ANSWER_CUT) == "red"
+    assert cut_answer("top left Question: what", LIVE_ANSWER_CUT) == "top left"
+    assert cut_answer("two Answer: three", LIVE_ANSWER_CUT) == "two"
+    assert cut_answer("Short answer: red", LIVE_ANSWER_CUT) == ""
+    assert cut_answer("yes, Question", LIVE_ANSWER_CUT) == "yes"  # the first match of any rule
+    assert cut_answer("  two squares \n", LIVE_ANSWER_CUT) == "two squares"  # no match: unchanged, stripped
+    assert cut_answer("red,blue", LIVE_ANSWER_CUT) == "red,blue"  # ", " needs the space
+    assert cut_answer(" a, b ", ()) == "a, b"  # no rules: stripped only
+    assert cut_answer("questions", LIVE_ANSWER_CUT) == "questions"  # case-sensitive, as the reference's re.split
+    for bad, message in [(["("], r"answer_cut\[0\]: '\(' is not a valid regex"),
+                         (["ok", "a|"], r"answer_cut\[1\]: 'a\|' matches the empty string"),
+                         (", ", "expected a list of regexes")]:
+        with pytest.raises(ValueError, match=message):
+            compile_answer_cut(bad)
+    with pytest.raises(ValueError, match="num_beams must be an integer >= 1"):
+        Decoding(num_beams=0)
+
+
+def _direct_generate(model: Any, processor: Any, prompts: list, max_new_tokens: int, **extra: Any) -> list[str]:
+    """HF `generate` called directly on the runner's prompt batch (left padded, one batch, the runner's stop and
+    pad ids), decoded and post-processed as the adapter does: what the runner must return."""
+    from lmmops.models import ICLItem
+
+    runner = ICLRunner(model, processor, progress=False)
+    specs = [([ICLItem(embedder_image(d.image_path), d.question, d.multiple_choice_answer) for d in demos],
+              ICLItem(embedder_image(q.image_path), q.question)) for demos, q in prompts]
+    batch = runner.adapter.build_prompts(specs, padding_side="left")
+    with torch.no_grad():
+        out = model.generate(**batch.model_inputs(), max_new_tokens=max_new_tokens, do_sample=False,
+                             eos_token_id=runner.stop_ids, pad_token_id=runner.pad_id, **extra)
+    texts = runner.tokenizer.batch_decode(out[:, batch.input_ids.shape[1]:], skip_special_tokens=True)
+    return [runner.adapter.postprocess_answer(t) for t in texts]
+
+
+def test_beam_search_and_answer_cut_in_the_runner(loaded: tuple) -> None:
+    from lmmops.models import build_tiny
+
+    _, _, support, test = loaded
+    model, processor = build_tiny("llava", seed=1)  # random weights: greedy and beam search answers differ
+    rows = Retriever(support).retrieve("RS", test[:8], 2, seed=0)
+    prompts = [([support[i] for i in row], q) for row, q in zip(rows, test[:8], strict=True)]  # 2 demos each
+
+    def run(**kw: Any) -> list[str]:
+        return ICLRunner(model, processor, batch_size=8, max_new_tokens=4, progress=False, **kw).predict(prompts)
+
+    today = _direct_generate(model, processor, prompts, 4)  # today's kwargs: greedy, no num_beams, no cut
+    assert run() == run(num_beams=1, answer_cut=()) == today
+    beams = run(num_beams=3)
+    assert beams == _direct_generate(model, processor, prompts, 4, num_beams=3)
+    assert len(beams) == len(prompts) and all(isinstance(a, str) for a in beams)
+    assert beams != today  # the option reaches generate
+    cut = run(answer_cut=(r" ",))
+    assert cut == [a.split(" ")[0].strip() for a in today] != today  # cut at the first space
+    # A stage's scope reaches runners built without options (evaluate_vectors'); explicit options win.
+    assert current_decoding() == Decoding()
+    with decoding(3, LIVE_ANSWER_CUT):
+        assert run() == [cut_answer(a, LIVE_ANSWER_CUT) for a in beams]
+        assert run(num_beams=1, answer_cut=()) == today
+    assert current_decoding() == Decoding() and run() == today
+
+
 def test_score_hand_computed(loaded: tuple) -> None:
     _, _, support, _ = loaded
     q = support[0]
@@ -206,6 +276,20 @@ def test_score_hand_computed(loaded: tuple) -> None:
     assert metrics["accuracy"] == pytest.approx(((2 * (1 / 3) + 8 * (2 / 3)) / 10 + 1.0) / 2)
     assert metrics["copy_rate"] == 0.5  # "red" copies the demo; "blue" does not
     assert metrics["accuracy/what color"] == metrics["accuracy"]
+    assert metrics["accuracy_nodup"] == metrics["accuracy"] and metrics["queries_nodup"] == 2  # no near-duplicate
+
+    # the second query a near-copy of a train item: left out of accuracy_nodup (the "red" query's 0.6 stays)
+    from lmmops.icl.experiment import RunResult, flat_metrics, results_table
+
+    dup = dataclasses.replace(query, question_id=query.question_id + 1, near_duplicate_of=q.question_id)
+    metrics = score([query, dup], ["red", "Blue."], [[demo_red], [demo_red]])
+    assert metrics["accuracy"] == pytest.approx((0.6 + 1.0) / 2)
+    assert metrics["accuracy_nodup"] == pytest.approx(0.6) and metrics["queries_nodup"] == 1
+    assert "accuracy_nodup" not in score([dup], ["blue"], [[demo_red]])  # nothing left to average
+    spec = RunSpec("RS", 1)
+    results = {spec: RunResult(spec, ["red", "Blue."], [[demo_red], [demo_red]], metrics)}
+    assert flat_metrics(results)["acc_nodup/RS/1shot"] == metrics["accuracy_nodup"]
+    assert "| RS 1-shot | 80.0 | 60.0 |" in results_table(results)
 
 
 def test_plan_errors_come_before_any_generation(loaded: tuple) -> None:
@@ -261,6 +345,12 @@ def test_index_and_icl_eval_stages(workspace: Path, project: Path, monkeypatch: 
     results = json.loads((report / "results.json").read_text())
     assert len(results["runs"]) == 1 + 6 * 2 + 2 and results["queries"] == 8
     assert "SQA (oracle)" in (report / "results.md").read_text()
+    # every run's accuracy also without the near-duplicate queries (near-copies of train items)
+    queries = load_vqa(workspace / "data", "test")[:8]
+    assert metrics["queries_nodup"] == sum(q.near_duplicate_of is None for q in queries)
+    assert {k.replace("acc_nodup/", "acc/") for k in metrics if k.startswith("acc_nodup/")} == {
+        k for k in metrics if k.startswith("acc/")}
+    assert "Without near-duplicates" in (report / "results.md").read_text()
     assert json.loads(metrics_path(project, "icl-eval").read_text())["TR"] == metrics["TR"]
 
     # one nested MLflow run per (strategy, shots, manipulation)

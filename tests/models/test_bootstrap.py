@@ -350,3 +350,63 @@ def test_stage_registers_champion_that_loads_back(data_dir: Path, project: Path)
     ckpt = next((project / cfg.checkpoint_dir).glob("*/last.pt"))
     trained = torch.load(ckpt, weights_only=False)["model"]
     assert all(torch.equal(trained[k], b[k]) for k in trained if k in b)
+
+
+def test_icl_accuracy_without_near_duplicates_leaves_their_scores_out(data_dir: Path) -> None:
+    """icl_acc_nodup_<k>shot: the same per-query scores without the near-duplicate queries. The scores do not
+    depend on the flags, so flagging every query of some tasks must leave exactly the other tasks' scores. The
+    model is an oracle that gets a prompt right when its token ids sum to an even number (about half of them,
+    whatever the batch), so the accuracies are not all 0 as a barely trained model's are."""
+    from types import SimpleNamespace
+
+    import torch.nn.functional as F
+
+    from lmmops.data.loaders import load_vqa
+    from lmmops.models.bootstrap import evaluate_icl
+
+    class ParityOracle(torch.nn.Module):
+        def __init__(self, base: torch.nn.Module):
+            super().__init__()
+            self.base = base
+
+        def get_base_model(self) -> torch.nn.Module:  # adapter_for reads the LLaVA behind it
+            return self.base
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kw: object) -> SimpleNamespace:
+            vocab = self.base.config.text_config.vocab_size
+            right = (input_ids * attention_mask).sum(1) % 2 == 0
+            target = torch.roll(input_ids, -1, dims=1)  # the next token: teacher forced, all right ...
+            target = torch.where(right[:, None], target, (target + 1) % vocab)  # ... or all wrong
+            return SimpleNamespace(logits=F.one_hot(target, vocab).float())
+
+    result = train(dataclasses.replace(TINY, steps=1), data_dir, None, progress=False)
+    model = ParityOracle(result.model)
+    items = load_vqa(data_dir, "test")
+    queries = [it for it in items if it.is_icl]
+    kw = {"shots": (0, 2), "repeats": 1, "demo_pool": load_vqa(data_dir, "train")}
+    natural = evaluate_icl(model, result.processor, items, **kw)
+    assert 0 < natural["icl_acc_2shot"] < 1
+    assert natural["icl_queries_nodup"] == sum(q.near_duplicate_of is None for q in queries)
+
+    clean = [dataclasses.replace(it, near_duplicate_of=None) for it in items]
+    plain = evaluate_icl(model, result.processor, clean, **kw)
+    assert plain["icl_queries_nodup"] == plain["icl_queries"]
+    for k in (0, 2):  # no near-duplicates (real data): both numbers are the same
+        assert plain[f"icl_acc_nodup_{k}shot"] == plain[f"icl_acc_{k}shot"] == natural[f"icl_acc_{k}shot"]
+
+    flagged = {"icl/colour/en", "icl/shape/code"}
+    marked = [dataclasses.replace(it, near_duplicate_of=0) if it.question_type in flagged else it for it in clean]
+    out = evaluate_icl(model, result.processor, marked, **kw)
+    count = {t: sum(q.question_type == t for q in queries) for t in {q.question_type for q in queries}}
+    others = [t for t in count if t not in flagged]
+    assert all(count.get(t) for t in flagged) and others
+    for k in (0, 2):
+        assert out[f"icl_acc_{k}shot"] == plain[f"icl_acc_{k}shot"]
+        expected = sum(plain[f"icl_acc_{k}shot/{t.removeprefix('icl/')}"] * count[t] for t in others) / sum(
+            count[t] for t in others)
+        assert out[f"icl_acc_nodup_{k}shot"] == pytest.approx(expected)
+        for t in count:
+            key = f"icl_acc_nodup_{k}shot/{t.removeprefix('icl/')}"
+            assert (key in out) == (t not in flagged)
+            if t not in flagged:
+                assert out[key] == plain[key]

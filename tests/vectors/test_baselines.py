@@ -18,11 +18,14 @@ from PIL import Image
 from vectorutil import assert_state_equal, state_copy, tiny
 
 from lmmops.config import (
+    ConfigError,
     FunctionVectorConfig,
     ICVConfig,
     LoraBaselineConfig,
     TaskVectorConfig,
     VectorBaselinesConfig,
+    from_dict,
+    load_stage_config,
 )
 from lmmops.data.schemas import VQAAnswer, VQAItem
 from lmmops.models import ICLItem, adapter_for
@@ -38,7 +41,7 @@ from lmmops.vectors.baselines import (
 )
 from lmmops.vectors.baselines.common import captured, last_token_head_outputs
 from lmmops.vectors.baselines.function_vector import function_vector_from_heads, shuffled_labels
-from lmmops.vectors.baselines.lora import lora_config, lora_trainable_count
+from lmmops.vectors.baselines.lora import lora_config, lora_trainable_count, train_lora
 
 COLOURS = ["red", "green", "blue", "yellow", "white", "black", "orange", "purple"]
 
@@ -132,7 +135,7 @@ def test_unknown_baseline_and_empty_validation_are_errors(items: dict[str, list[
 def test_lora_targets_only_the_decoder_attention_and_counts_by_hand():
     model, processor = tiny("llava")
     adapter = adapter_for(model, processor)
-    names = lora_target_names(model, adapter)
+    names = lora_target_names(model, adapter, scope="decoder_self_attn")
     text_prefix = next(n for n, m in model.named_modules() if m is adapter.text_model)
     assert len(names) == 4 * adapter.num_layers and all(n.startswith(text_prefix + ".layers.") for n in names)
     # the vision tower has q/k/v projections too: peft must not see them
@@ -158,6 +161,80 @@ def test_lora_training_is_seeded_and_leaves_the_global_rng_alone(items: dict[str
         assert torch.equal(torch.random.get_rng_state(), before)
     assert states[0].keys() == states[1].keys()
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
+def lora_state_modules(state: dict[str, torch.Tensor]) -> list[str]:
+    """Module names (from the base model's root) that a peft LoRA state dict holds adapters for."""
+    return sorted({k.removeprefix("base_model.model.").split(".lora_")[0] for k in state})
+
+
+def test_lora_scope_in_the_config_defaults_to_every_qkvo_and_rejects_others():
+    assert LoraBaselineConfig().scope == "all_qkvo"
+    params = Path(__file__).resolve().parents[2] / "params.yaml"
+    assert load_stage_config("vector-baselines", params).lora.scope == LoraBaselineConfig().scope
+    with pytest.raises(ConfigError, match=r"p.yaml: vector-baselines.lora.scope: expected one of 'all_qkvo', "
+                                          r"'decoder_self_attn', got 'vision'"):
+        from_dict(VectorBaselinesConfig, {"lora": {"scope": "vision"}}, where="p.yaml", key="vector-baselines")
+
+
+def test_lora_all_qkvo_also_targets_the_vision_tower_and_counts_by_hand():
+    model, processor = tiny("llava")
+    adapter = adapter_for(model, processor)
+    before = state_copy(model)
+    names = lora_target_names(model, adapter)  # the default scope: all_qkvo
+    decoder = lora_target_names(model, adapter, scope="decoder_self_attn")
+    vision = sorted(set(names) - set(decoder))
+    assert set(decoder) <= set(names) and [n.rsplit(".", 1)[1] for n in vision] == ["k_proj", "q_proj", "v_proj"]
+    assert all(".vision_tower." in n for n in vision)  # the CLIP tower: 1 layer of width 32, out_proj untouched
+    by_hand = 2 * 16 * ((64 + 64) + 2 * (64 + 32) + (64 + 64)) + 3 * 16 * (32 + 32)
+    with injected_lora(model, lora_config(CFG, names)) as peft_model:
+        assert lora_trainable_count(peft_model) == by_hand == 17_408
+        assert sorted(n for n, m in model.named_modules() if hasattr(m, "lora_A")) == sorted(names)
+    assert not any(hasattr(m, "lora_A") for m in model.modules())
+    assert_state_equal(model, before)
+    with pytest.raises(ValueError, match="unknown LoRA scope 'vision'"):
+        lora_target_names(model, adapter, scope="vision")  # type: ignore[arg-type]
+
+
+def test_lora_training_with_all_qkvo_changes_only_lora_and_unload_restores_the_base(items: dict[str, list[VQAItem]]):
+    model, processor = tiny("llava")
+    adapter = adapter_for(model, processor)
+    before, flags, plain = state_copy(model), grad_flags(model), probe_logits(model, processor)
+    cfg = dataclasses.replace(CFG, lora=LoraBaselineConfig(scope="all_qkvo", epochs=1, batch_size=4, lr=5e-3))
+    fitted = fit_baseline("lora", cfg, model, processor, items["train"], items["val"])
+    assert_state_equal(model, before)  # the optimizer saw the LoRA matrices only
+    assert grad_flags(model) == flags and not any("lora" in n for n, _ in model.named_modules())
+    names = lora_target_names(model, adapter)
+    assert fitted.trainable_params == 17_408 and lora_state_modules(fitted.tensors) == sorted(names)
+    # B starts at 0: every B moved, so every target (the vision tower's q/k/v included) was trained
+    assert all(bool(v.abs().sum() > 0) for k, v in fitted.tensors.items() if ".lora_B." in k)
+    with fitted.applied(model, processor):
+        assert not torch.equal(probe_logits(model, processor), plain)
+    assert torch.equal(probe_logits(model, processor), plain)
+    assert_state_equal(model, before)
+    assert grad_flags(model) == flags
+
+
+def test_lora_training_with_decoder_self_attn_adapts_the_decoder_only(items: dict[str, list[VQAItem]]):
+    model, processor = tiny("llava")
+    adapter = adapter_for(model, processor)
+    before, plain = state_copy(model), probe_logits(model, processor)
+    cfg = dataclasses.replace(CFG, lora=LoraBaselineConfig(scope="decoder_self_attn", epochs=1, batch_size=4,
+                                                           lr=5e-3))
+    state, count, choice = train_lora(cfg, model, processor, adapter, items["train"], items["val"])
+    decoder = lora_target_names(model, adapter, scope="decoder_self_attn")
+    assert count == 2 * 16 * ((64 + 64) + 2 * (64 + 32) + (64 + 64)) == 14_336 and choice["targets"] == 8
+    assert lora_state_modules(state) == sorted(decoder)
+    assert_state_equal(model, before)
+    with injected_lora(model, lora_config(cfg, decoder), state):
+        assert not torch.equal(probe_logits(model, processor), plain)
+    assert torch.equal(probe_logits(model, processor), plain)
+    # a state of one scope never silently leaves the other scope's extra adapters at B = 0
+    with pytest.raises(ValueError, match="LoRA adapters without a state"), \
+            injected_lora(model, lora_config(cfg, lora_target_names(model, adapter)), state):
+        pass
+    assert_state_equal(model, before)
+    assert not any(hasattr(m, "lora_A") for m in model.modules())
 
 
 # ----- task vector -----------------------------------------------------------------------------------
@@ -351,6 +428,22 @@ def test_stage_end_to_end_never_chooses_on_the_test_split(workspace: Path, proje
     assert all(results["latency_rel"][name] > 0 for name in BASELINES)
     assert "layer" in results["choices"]["vqa"]["task_vector"] and "epoch" in results["choices"]["vqa"]["lora"]
     assert "| **mean** |" in (out / "results.md").read_text()
+    # the same test accuracies without the near-duplicate test items (near-copies of train items)
+    from lmmops.data.loaders import load_vqa
+
+    test = [it for it in load_vqa(workspace / "data", "test") if it.question_type == "icl/colour/en" or not it.is_icl]
+    assert any(it.near_duplicate_of is not None for it in test)
+    for pool in ("icl/colour/en", "vqa"):
+        kept = [it for it in test if (it.question_type == pool or (pool == "vqa" and not it.is_icl))
+                and it.near_duplicate_of is None]
+        assert metrics[f"test_items_nodup/{pool}"] == len(kept)
+        for name in ("zero-shot", *BASELINES):
+            assert 0.0 <= metrics[f"test_acc_nodup/{name}/{pool}"] <= 1.0
+    for name in ("zero-shot", *BASELINES):
+        assert metrics[f"test_acc_nodup/{name}/mean"] == pytest.approx(
+            sum(metrics[f"test_acc_nodup/{name}/{p}"] for p in ("icl/colour/en", "vqa")) / 2)
+    assert "Without near-duplicates" in (out / "results.md").read_text()
+    assert results["test_accuracy_nodup"]["vqa"]["zero-shot"] == metrics["test_acc_nodup/zero-shot/vqa"]
     assert json.loads(metrics_path(project, "vector-baselines").read_text()) == metrics
     [latest] = tracking.latest_stage_runs(project, ["vector-baselines"])
     logged = tracking.run_info(latest["run_id"])["metrics"]

@@ -158,3 +158,59 @@ def test_the_reference_key_follows_model_items_images_and_draws(tmp_path: Path) 
     other_model, _ = tiny("llava", seed=1)
     assert icl_reference_key(other_model, processor, test, train, **kw) != icl_reference_key(
         model, processor, test, train, **kw)
+
+
+def test_near_duplicates_are_left_out_of_the_nodup_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The *_nodup metrics are the same per-item scores without the near-duplicate test items (hand-computed)."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    train = [item(i, "red", "train") for i in range(10)]
+    test = [item(100 + i, "red", "test") for i in range(4)]
+    test[0] = dataclasses.replace(test[0], near_duplicate_of=train[0].question_id)  # a near-copy of a train item
+    vector_scores, zero_scores = [1.0, 0.0, 1.0, 0.0], [1.0, 0.0, 0.0, 0.0]
+
+    def fake_vectors(model: Any, processor: Any, vs: Any, items: Any, *, samples_out: Any = None,
+                     **kw: Any) -> dict[str, float]:
+        by_id = dict(zip((q.question_id for q in test), zero_scores if vs is None else vector_scores, strict=True))
+        scores = [by_id[q.question_id] for q in items]
+        samples_out += [{"question_id": q.question_id, "accuracy": a} for q, a in zip(items, scores, strict=True)]
+        return {"accuracy": sum(scores) / len(scores)}
+
+    # ICL: right on every query but the last
+    def fake_generate(runner: Any, prompts: list[tuple[list[VQAItem], VQAItem]], vectors: Any,
+                      instruction: Any) -> tuple[list[str], float]:
+        return ["red" if q.question_id != 103 else "blue" for _, q in prompts], 1.0
+
+    monkeypatch.setattr(inference, "ICLRunner", FakeRunner)
+    monkeypatch.setattr(stage_lib, "_generate", fake_generate)
+    monkeypatch.setattr(stage_lib, "evaluate_vectors", fake_vectors)
+    monkeypatch.setattr(stage_lib, "generation_seconds", lambda *a, **k: {"zero-shot": 1.0, "vectors": 1.0})
+    pools = {"p": {"train": train, "val": [], "test": test}, "q": {"train": train, "val": [], "test": test[1:]}}
+    result = evaluate_test(None, None, {"p": object(), "q": object()}, pools, shots=4, seed=7, batch_size=8,
+                           max_new_tokens=4, instruction=None, repeats=1)
+    assert result.near_duplicate["p"] == [True, False, False, False]
+    assert result.item_acc["p"] == {"vectors": vector_scores, "zero-shot": zero_scores, "icl": [1.0, 1.0, 1.0, 0.0]}
+    training = {p: SimpleNamespace(val_acc=0.5, step=1) for p in pools}
+    m = stage_lib.stage_metrics(training, result, trainable_params=8, shots=4)
+
+    # pool p without item 0: vectors 0, 1, 0 -> 1/3; zero-shot 0, 0, 0 -> 0; ICL 1, 1, 0 -> 2/3
+    assert m["test_acc/p"] == 0.5 and m["test_acc_nodup/p"] == pytest.approx(1 / 3)
+    assert m["zero_shot_acc/p"] == 0.25 and m["zero_shot_acc_nodup/p"] == 0.0
+    assert m["icl_acc/p"] == 0.75 and m["icl_acc_nodup/p"] == pytest.approx(2 / 3)
+    assert m["test_items/p"] == 4 and m["test_items_nodup/p"] == 3
+    # gap ICL - vectors on the 3 items: 1, 0, 0 -> 1/3, sd sqrt(1/3), SE sqrt(1/9) = 1/3
+    assert m["gap_to_icl_nodup/p"] == pytest.approx(1 / 3) and m["gap_to_icl_se_nodup/p"] == pytest.approx(1 / 3)
+    # pool q has no near-duplicate (real data): both numbers are the same
+    for family in ("test_acc", "zero_shot_acc", "icl_acc", "gap_to_icl", "gap_to_icl_se", "test_items"):
+        assert m[f"{family}_nodup/q"] == pytest.approx(m[f"{family}/q"]), family
+    # means over pools, as the originals
+    for family in ("test_acc", "zero_shot_acc", "icl_acc"):
+        assert m[f"{family}_nodup/mean"] == pytest.approx((m[f"{family}_nodup/p"] + m[f"{family}_nodup/q"]) / 2)
+    assert m["gap_to_icl_nodup/mean"] == pytest.approx(m["icl_acc_nodup/mean"] - m["test_acc_nodup/mean"])
+    assert m["gain_over_zero_shot_nodup/mean"] == pytest.approx(m["test_acc_nodup/mean"]
+                                                                - m["zero_shot_acc_nodup/mean"])
+    assert m["gap_to_icl_se_nodup/mean"] == pytest.approx(
+        (m["gap_to_icl_se_nodup/p"] ** 2 + m["gap_to_icl_se_nodup/q"] ** 2) ** 0.5 / 2)
+    table = stage_lib.results_markdown("live", m, {"icl": 2.0, "vectors": 1.0}, 4)
+    assert "Without near-duplicates" in table and "| p | 0.0 | 66.7 | 33.3 | +33.3 ± 33.3 | 3 (of 4) |" in table

@@ -123,6 +123,20 @@ def test_mimic_stage_selects_on_val_tests_once_and_registers_a_pyfunc(
     assert "MimIC" in (project / "reports/mimic/results.md").read_text()
     results = json.loads((project / "reports/mimic/results.json").read_text())
     assert results["registered"]["version"] == "1" and results["registered"]["champion"] is True
+    # the test accuracies also without the near-duplicate test items: the same per-item scores, filtered
+    dup = {it.question_id: it.near_duplicate_of is not None for it in load_vqa(workspace / "data", "test")}
+    assert any(dup[s["question_id"]] for p in POOLS for s in results["pools"][p]["test_samples"])
+    for p in POOLS:
+        kept = [s["accuracy"] for s in results["pools"][p]["test_samples"] if not dup[s["question_id"]]]
+        assert metrics[f"test_items_nodup/{p}"] == len(kept)
+        assert metrics[f"test_acc_nodup/{p}"] == pytest.approx(sum(kept) / len(kept))
+        assert metrics[f"gap_to_icl_nodup/{p}"] == pytest.approx(metrics[f"icl_acc_nodup/{p}"]
+                                                                 - metrics[f"test_acc_nodup/{p}"])
+        assert 0.0 <= metrics[f"zero_shot_acc_nodup/{p}"] <= 1.0
+    for family in ("test_acc", "zero_shot_acc", "icl_acc"):
+        assert metrics[f"{family}_nodup/mean"] == pytest.approx(sum(metrics[f"{family}_nodup/{p}"] for p in POOLS)
+                                                                 / len(POOLS))
+    assert "Without near-duplicates" in (project / "reports/mimic/results.md").read_text()
     assert len(list((project / "checkpoints/mimic").glob("*/round-*.pt"))) == 2 * len(POOLS)
 
     # MLflow: every logged step, the selection curve, the timings; the registered version with aliases and tags
@@ -161,6 +175,12 @@ def test_mimic_stage_selects_on_val_tests_once_and_registers_a_pyfunc(
     assert rows["MimIC"]["trainable_params"] == metrics["trainable_params"]
     assert rows["zero-shot"]["latency_rel"] == 1.0 and rows["MimIC"]["latency_rel"] == info["metrics"]["latency_rel"]
     assert set(rows["MimIC"]["test_acc_per_pool"]) == set(POOLS)
+    assert rows["MimIC"]["test_acc_nodup"] == pytest.approx(metrics["test_acc_nodup/mean"])
+    assert rows["2-shot ICL"]["test_acc_nodup"] == pytest.approx(metrics["icl_acc_nodup/mean"])
+    assert rows["zero-shot"]["test_acc_nodup_per_pool"] == pytest.approx(
+        {p: metrics[f"zero_shot_acc_nodup/{p}"] for p in POOLS})
+    assert set(rows["MimIC"]["gap_to_icl_nodup_per_pool"]) == set(POOLS)
+    assert report.print_report(project) == 0  # the printed table has the column "without near-duplicates"
 
 
 def test_live_stage_with_a_registered_base_resumes_and_respects_the_margin(

@@ -9,8 +9,9 @@ only then swaps it in place of `<root>/<cfg.out_dir>`: a failure leaves the old 
 half-written files behind. Everything that was in the target directory before is replaced.
 
 Determinism: every family draws from its own numpy Generator seeded with (cfg.seed, family offset,
-split); no global RNG, no timestamps, sorted JSON keys, fixed PNG settings. The same config gives a
-byte-identical tree (tests/data/test_generators.py checks the MD5 of every file).
+split), the test splits with cfg.test_seed in place of cfg.seed (a test split no setting was chosen on;
+train and val do not move when it changes); no global RNG, no timestamps, sorted JSON keys, fixed PNG
+settings. The same config gives a byte-identical tree (tests/data/test_generators.py checks the MD5 of every file).
 """
 
 from __future__ import annotations
@@ -90,16 +91,16 @@ def _bar(desc: str, total: int, enabled: bool) -> Iterator[Callable[[int], None]
 def _write_tree(cfg: GenerateConfig, out: Path, progress: bool) -> dict[str, Any]:
     counts: dict[str, Any] = {}
     with _bar("vqa", cfg.vqa.train + cfg.vqa.val + cfg.vqa.test, progress) as tick:
-        counts["vqa"] = generate_vqa(cfg.vqa, cfg.seed, out, tick)
+        counts["vqa"] = generate_vqa(cfg.vqa, cfg.seed, out, tick, test_seed=cfg.test_seed)
     with _bar("deepscaler", cfg.deepscaler.train + cfg.deepscaler.test, progress) as tick:
-        counts["deepscaler"] = generate_deepscaler(cfg.deepscaler, cfg.seed, out, tick)
+        counts["deepscaler"] = generate_deepscaler(cfg.deepscaler, cfg.seed, out, tick, test_seed=cfg.test_seed)
     with _bar("multimath+vermulti", sum(n for *_, n in subset_plan(cfg.multimodal)), progress) as tick:
-        counts.update(generate_multimodal(cfg.multimodal, cfg.seed, out, tick))
+        counts.update(generate_multimodal(cfg.multimodal, cfg.seed, out, tick, test_seed=cfg.test_seed))
     # Imported here: the Sokoban generator needs lmmops.rl (gymnasium), the other families do not.
     from lmmops.data.synthetic.sokoban import generate_sokoban
 
     with _bar("sokoban", cfg.sokoban.train + cfg.sokoban.test, progress) as tick:
-        counts["sokoban"] = generate_sokoban(cfg.sokoban, cfg.seed, out, tick)
+        counts["sokoban"] = generate_sokoban(cfg.sokoban, cfg.seed, out, tick, test_seed=cfg.test_seed)
     return counts
 
 

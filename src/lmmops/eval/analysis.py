@@ -9,6 +9,9 @@
 - `accuracy_by(values, keys)`: mean accuracy per group (e.g. per question type).
 - `paired_gap(a, b)`: mean of a - b over the same items and its standard error (how far apart two methods
   scored on one test set are, and how much of that a test set of this size can resolve).
+- `mean_se(values)`, `split_by_mask(values, mask)`, `mean_without(values, drop)`: a per-item accuracy's mean and
+  standard error, and the same without flagged items (the `*_nodup` metrics: test accuracy without the
+  near-duplicates of train items, from the same per-item scores).
 
 Run: `pytest tests/eval -q`.
 """
@@ -73,3 +76,32 @@ def paired_gap(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
         return m, float("nan")
     var = sum((x - m) ** 2 for x in d) / (len(d) - 1)
     return m, (var / len(d)) ** 0.5
+
+
+def mean_se(values: Sequence[float]) -> tuple[float, float]:
+    """(mean, standard error sd / sqrt(n) with the sample sd (n - 1)) of `values`; the mean is nan for no value,
+    the standard error nan for fewer than two."""
+    n = len(values)
+    if n == 0:
+        return float("nan"), float("nan")
+    m = sum(values) / n
+    if n < 2:
+        return m, float("nan")
+    return m, (sum((x - m) ** 2 for x in values) / (n - 1) / n) ** 0.5
+
+
+def split_by_mask(values: Sequence[float], mask: Sequence[bool]) -> tuple[list[float], list[float]]:
+    """(the values where `mask` is true, the values where it is false), each in order."""
+    if len(values) != len(mask):
+        raise ValueError(f"{len(values)} values for a mask of {len(mask)}")
+    kept = [v for v, m in zip(values, mask, strict=True) if m]
+    return kept, [v for v, m in zip(values, mask, strict=True) if not m]
+
+
+def mean_without(values: Sequence[float], drop: Sequence[bool]) -> tuple[float, float, int]:
+    """(mean, standard error, count) of the per-item `values` whose `drop` flag is false: e.g. a test accuracy
+    without the near-duplicate items (drop = item.near_duplicate_of is not None), from the same per-item scores.
+    Mean and standard error as `mean_se` (nan when nothing, or fewer than two items, is left)."""
+    _, kept = split_by_mask(values, drop)
+    m, se = mean_se(kept)
+    return m, se, len(kept)

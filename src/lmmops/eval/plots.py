@@ -3,7 +3,7 @@ strategy. They return a Figure; the caller logs it (`StageRun.log_figure`) and c
 
     fig = accuracy_vs_shots({"RS": {1: 0.4, 2: 0.5}, "SI": {...}}, zero_shot=0.12, oracle={"SQA"})
 
-Run: used by the `icl-eval` stage; `pytest tests/icl/test_experiment.py -q` draws both.
+Run: used by the `icl-eval` stage; `pytest tests/icl/test_icl_eval.py -q` draws both.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ vector indexes); files are written to a temporary name and renamed, the manifest
 Why per image and not per prompt: demonstrations recur across queries, strategies and shot counts, so
 each support image's features are computed once and reused by every ICL prompt that shows it.
 
-Run: `python -m pytest tests/icl/test_cache.py -q`.
+Run: `python -m pytest tests/icl/test_icl_eval.py -q`.
 
 Departure from the reference: the reference code re-encodes every demonstration image in every prompt.
 """

@@ -9,7 +9,9 @@
 A run retrieves the demonstrations of every query (`Retriever.retrieve`, most similar last), applies its
 manipulation (`lmmops.icl.manipulations`, seeded per query), generates answers (`ICLRunner`) and scores
 them: `accuracy` (official VQAv2 accuracy, `lmmops.eval.metrics.vqa_accuracy`), `copy_rate` (prediction
-equals a demonstration answer), accuracy on the ICL-task and ordinary items, and per question type.
+equals a demonstration answer), accuracy on the ICL-task and ordinary items, and per question type; and
+`accuracy_nodup`, the accuracy without the queries that near-copy a train item (synthetic data only; stage
+metric acc_nodup/<key>).
 
 Task recognition vs task learning (PAPERS.md §1): with the analysis strategy and shot count, TR = the
 accuracy with wrong demonstration answers (`wrong_answer`; `mismatch_answer` is reported beside it) and
@@ -19,7 +21,7 @@ SQA-pseudo uses, as each query's "answer", the prediction of an earlier run of t
 count (RS when the plan has it, else zero-shot), so it runs after those. SQA is an oracle (it reads the
 query's ground truth) and every table marks it.
 
-Run: the `icl-eval` stage (`lmmops icl-eval`); `pytest tests/icl/test_experiment.py -q`.
+Run: the `icl-eval` stage (`lmmops icl-eval`); `pytest tests/icl/test_icl_eval.py -q`.
 
 Departures from the reference: demonstrations come most-similar-last for every strategy (the reference's
 mixed ordering bug is not copied); manipulations always change every demonstration.
@@ -32,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lmmops.data.schemas import VQAItem
-from lmmops.eval.analysis import accuracy_by, copy_rate, shot_gains, task_recognition_learning
+from lmmops.eval.analysis import accuracy_by, copy_rate, mean_without, shot_gains, task_recognition_learning
 from lmmops.eval.metrics import vqa_accuracy
 from lmmops.icl.manipulations import MANIPULATIONS, apply_manipulation, instruction_prefix
 from lmmops.icl.retrieval import STRATEGIES, PooledRetriever, Retriever
@@ -123,13 +125,19 @@ def item_accuracy(prediction: str, item: VQAItem) -> float:
 
 def score(queries: Sequence[VQAItem], predictions: Sequence[str],
           demos: Sequence[Sequence[VQAItem]]) -> dict[str, float]:
-    """accuracy, copy_rate, accuracy on ICL-task / ordinary items, accuracy per question type."""
+    """accuracy, copy_rate, accuracy on ICL-task / ordinary items, accuracy per question type; accuracy_nodup and
+    queries_nodup: the accuracy without the near-duplicate queries (near-copies of a train item; synthetic data
+    only; no accuracy_nodup when every query is one)."""
     accs = [item_accuracy(p, q) for p, q in zip(predictions, queries, strict=True)]
     out = {
         "accuracy": sum(accs) / len(accs),
         "copy_rate": copy_rate(predictions, [[d.multiple_choice_answer for d in ds] for ds in demos]),
         "queries": float(len(queries)),
     }
+    nodup, _, n = mean_without(accs, [q.near_duplicate_of is not None for q in queries])
+    out["queries_nodup"] = float(n)
+    if n:
+        out["accuracy_nodup"] = nodup
     for group, keep in (("icl_tasks", True), ("ordinary", False)):
         sel = [a for a, q in zip(accs, queries, strict=True) if q.is_icl == keep]
         if sel:
@@ -215,10 +223,13 @@ def tr_tl(results: Mapping[RunSpec, RunResult]) -> dict[str, float]:
 
 
 def flat_metrics(results: Mapping[RunSpec, RunResult]) -> dict[str, float]:
-    """The stage's metrics: acc/<key>, copy/<key> per run, then TR/TL."""
+    """The stage's metrics: acc/<key>, acc_nodup/<key> (without the near-duplicate queries), copy/<key> per run,
+    then TR/TL."""
     out: dict[str, float] = {}
     for spec, r in results.items():
         out[f"acc/{spec.key}"] = r.metrics["accuracy"]
+        if "accuracy_nodup" in r.metrics:
+            out[f"acc_nodup/{spec.key}"] = r.metrics["accuracy_nodup"]
         out[f"copy/{spec.key}"] = r.metrics["copy_rate"]
     out.update(tr_tl(results))
     return out
@@ -312,4 +323,20 @@ def results_table(results: Mapping[RunSpec, RunResult]) -> str:
     split = tr_tl(results)
     if split:
         lines += ["", "TR/TL: " + ", ".join(f"{k} {100 * v:.1f}" for k, v in split.items())]
-    return "\n".join(lines)
+    return "\n".join(lines + nodup_table(results))
+
+
+def nodup_table(results: Mapping[RunSpec, RunResult]) -> list[str]:
+    """Markdown lines: the accuracy of every run (strategy x shots, then the manipulations) again without the
+    near-duplicate queries (`accuracy_nodup`), beside the accuracy on all queries; [] when no run has it."""
+    runs = [(sp, r) for sp, r in results.items() if "accuracy_nodup" in r.metrics]
+    if not runs:
+        return []
+    n = int(runs[0][1].metrics.get("queries_nodup", 0))
+    total = int(runs[0][1].metrics.get("queries", 0))
+    lines = ["", f"Without near-duplicates ({n} of {total} queries: the near-copies of a train item left out; the same "
+             "answers, scored again):", "", "| run | accuracy | without near-duplicates |", "|---|---|---|"]
+    for sp, r in runs:
+        name = f"{sp.name} (oracle)" if sp.oracle else sp.name
+        lines.append(f"| {name} | {100 * r.metrics['accuracy']:.1f} | {100 * r.metrics['accuracy_nodup']:.1f} |")
+    return lines

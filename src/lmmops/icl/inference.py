@@ -6,24 +6,35 @@ feature cache.
     answers = runner.predict([(demos, query), ...], instruction=None)   # demos/query: VQAItems
 
 Prompts are built by the model family's adapter (`build_prompts`, left padded) with the shared template
-`Question: {q} Short answer:`; generation is greedy (`max_new_tokens`, stopping at EOS or the item
-separator) and the text is cut by the adapter's `postprocess_answer` (up to the first newline, stripped).
+`Question: {q} Short answer:`; generation stops at `max_new_tokens`, EOS or the item separator, and the text
+is cut by the adapter's `postprocess_answer` (up to the first newline, stripped), then by `answer_cut`.
+
+Decoding options (`Decoding`): `num_beams` (1 = greedy; > 1 = HF beam search, deterministic, no sampling) and
+`answer_cut` (regexes; the answer is cut before the first match of any, then stripped). The default is greedy
+with no cut: the embedded default model answers in one or two words that end with EOS, and beam search
+multiplies the decoding cost by the beams. `LIVE_ANSWER_CUT` with 3 beams is the LIVE reference evaluation's
+setting, for real checkpoints that ramble. A stage sets them from its config (`num_beams`, `answer_cut`),
+explicitly on its runners and with `decoding(...)` around library code that builds its own runner.
 
 With a cache, the vision encoder runs only for images the cache does not hold (the queries, in one batched
 call per prompt batch); the support images' features are read from the cache and written into the token
 embeddings (`adapter.embed_with_image_features`), and the model is called with `inputs_embeds`. The two
-paths give the same logits (tests/icl/test_inference.py). `vision_images_encoded` counts the images sent
+paths give the same logits (tests/icl/test_icl_eval.py). `vision_images_encoded` counts the images sent
 through the vision encoder by this runner.
 
 Prompts are processed in order of length within a batch window so that padding stays small; predictions
 come back in the caller's order.
 
-Run: `python -m pytest tests/icl/test_inference.py -q`; benchmark: `python benchmarks/icl_eval.py`.
+Run: `python -m pytest tests/icl/test_icl_eval.py -q`; benchmark: `python benchmarks/icl_eval.py`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +49,76 @@ from lmmops.models.prompt import SEPARATOR
 
 Prompt = tuple[Sequence[VQAItem], VQAItem]
 
+# The LIVE reference evaluation's answer cut: the text before the first "Question", "Answer" or "Short", then
+# the text before the first ", ".
+LIVE_ANSWER_CUT: tuple[str, ...] = (r"Question|Answer|Short", r", ")
+
+
+def compile_answer_cut(rules: Sequence[str], *, key: str = "answer_cut") -> tuple[re.Pattern[str], ...]:
+    """The cut rules as compiled regexes; a ValueError naming `key` for a rule that does not compile or that
+    matches the empty string (it would cut every answer to nothing)."""
+    if isinstance(rules, str):
+        raise ValueError(f"{key}: expected a list of regexes, got the string {rules!r}")
+    out = []
+    for i, rule in enumerate(rules):
+        try:
+            pattern = re.compile(rule)
+        except (re.error, TypeError) as exc:
+            raise ValueError(f"{key}[{i}]: {rule!r} is not a valid regex: {exc}") from exc
+        if pattern.fullmatch(""):
+            raise ValueError(f"{key}[{i}]: {rule!r} matches the empty string (it would cut every answer to nothing)")
+        out.append(pattern)
+    return tuple(out)
+
+
+def cut_answer(text: str, rules: Sequence[str | re.Pattern[str]]) -> str:
+    """`text` up to the first match of any rule (the whole text when none matches), stripped."""
+    end = len(text)
+    for rule in rules:
+        found = re.search(rule, text)
+        if found is not None:
+            end = min(end, found.start())
+    return text[:end].strip()
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How answers are decoded: `num_beams` (1 = greedy) and the `answer_cut` rules (regexes)."""
+
+    num_beams: int = 1
+    answer_cut: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if isinstance(self.num_beams, bool) or not isinstance(self.num_beams, int) or self.num_beams < 1:
+            raise ValueError(f"num_beams must be an integer >= 1, got {self.num_beams!r}")
+        compile_answer_cut(self.answer_cut)  # a string, a bad regex or one matching "" is an error here
+        object.__setattr__(self, "answer_cut", tuple(self.answer_cut))
+
+
+_DECODING: ContextVar[Decoding | None] = ContextVar("lmmops_icl_decoding", default=None)
+
+
+def current_decoding() -> Decoding:
+    """The decoding that runners built without explicit options use (greedy, no cut, unless `decoding` set one)."""
+    return _DECODING.get() or Decoding()
+
+
+@contextmanager
+def decoding(num_beams: int = 1, answer_cut: Sequence[str] = ()) -> Iterator[Decoding]:
+    """Inside the block, every `ICLRunner` built without explicit `num_beams` / `answer_cut` decodes so (for code
+    that builds its own runner, e.g. `lmmops.vectors.train.evaluate_vectors`); restored on exit."""
+    scoped = Decoding(num_beams, tuple(answer_cut))
+    token = _DECODING.set(scoped)
+    try:
+        yield scoped
+    finally:
+        _DECODING.reset(token)
+
 
 class ICLRunner:
-    """Greedy short-answer generation for batches of (demos, query) prompts."""
+    """Short-answer generation (greedy or beam search, then the answer cut) for batches of (demos, query) prompts.
+
+    `num_beams` / `answer_cut` None: the current `decoding(...)` scope's (greedy, no cut outside any)."""
 
     def __init__(
         self,
@@ -50,8 +128,14 @@ class ICLRunner:
         cache: DemoFeatureCache | None = None,
         batch_size: int = 32,
         max_new_tokens: int = 8,
+        num_beams: int | None = None,
+        answer_cut: Sequence[str] | None = None,
         progress: bool = True,
     ):
+        scoped = current_decoding()
+        self.decoding = Decoding(scoped.num_beams if num_beams is None else num_beams,
+                                 scoped.answer_cut if answer_cut is None else tuple(answer_cut))
+        self._cut = compile_answer_cut(self.decoding.answer_cut)
         self.model, self.processor = model, processor
         self.adapter = adapter_for(model, processor)
         if cache is not None:
@@ -110,7 +194,8 @@ class ICLRunner:
         device = next(self.model.parameters()).device
         batch = batch.to(device)
         kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "do_sample": False,
-                                  "eos_token_id": self.stop_ids, "pad_token_id": self.pad_id}
+                                  "num_beams": self.decoding.num_beams, "eos_token_id": self.stop_ids,
+                                  "pad_token_id": self.pad_id}
         if self.cache is not None:
             rows = [[*demos, q] for demos, q in prompts]
             embeds = self._inputs_embeds(rows, batch.inputs)
@@ -122,7 +207,7 @@ class ICLRunner:
             out = self.model.generate(**batch.model_inputs(), **kwargs)
             new = out[:, batch.input_ids.shape[1]:]
         texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
-        return [self.adapter.postprocess_answer(t) for t in texts]
+        return [cut_answer(self.adapter.postprocess_answer(t), self._cut) for t in texts]
 
     def predict(self, prompts: Sequence[Prompt], *, instruction: str | None = None,
                 desc: str = "icl") -> list[str]:

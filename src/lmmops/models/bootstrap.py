@@ -15,111 +15,25 @@ How to run: `lmmops bootstrap` (the stage in `lmmops.stages.models`), or from Py
     result = train(BootstrapConfig(), Path("data"), Path("checkpoints/bootstrap"))
     evaluate_icl(result.model, result.processor, load_vqa(Path("data"), "test"))
 
-The ICL tasks (`lmmops.data.icl_tasks`) and the curve: the "en" task of each attribute has a twin, "alias",
-which answers two of the four values with words of its own (crimson, lime; ring, box; northeast, southwest), so a
-demo on one of the other two fits both twins and the accuracy-vs-shots curve can rise as telling demos come in.
-Up to 2026-11-27 the twin was "swap" instead (a permutation of the en words: red<->green, ...), which only
-comparing a demo's image with its answer tells apart; every variant below that names en/swap twins was measured
-with it, and in none of them did this model learn that comparison (twin rate 0.2-0.4, curve flat after 1 shot:
-83.3 / 83.1 / 82.5 / 82.8% from 1 to 8 shots for the default). With the alias twin the same training (1 thread,
-test split, 239 queries x 4 draws): 0-shot 15.1% (chance 14.9%), 1 / 2 / 4 / 8 / 16 shots 88.8 / 93.3 / 96.7 /
-97.4 / 97.8%, twin rate 0 at every shot count (the twin is read off the demos' words), arithmetic 19.0% at a
-100% format rate; with one alias word per attribute instead of two (Bayes gains more even across shots):
-92.3 / 92.1 / 93.2 / 94.1 / 95.1%, twin rate 0.09-0.14, not monotone, so two it is.
+Model choice: LLaVA (`LlavaForConditionalGeneration`: CLIP vision tower -> MLP projector -> Llama decoder),
+the simplest image path of the covered families (4 image tokens per 32x32 image, no perceiver or tiling),
+with an adapter for every later stage. Default size: Llama 4 layers x 128 (GQA 4/2 heads, MLP 256), CLIP 2
+layers x 64, a word-level vocabulary of ~330: about 0.81M parameters, small enough for ~1,400 steps of 32 rows
+in about ten minutes on 2 cores (steps, not capacity, are what a run this short lacks).
 
-Model choice: LLaVA (`LlavaForConditionalGeneration`: CLIP vision tower -> MLP projector -> Llama decoder)
-because its image path is the simplest of the covered families (4 image tokens per 32x32 image, no
-perceiver or tiling), it is the class the STACK-NOTES experiment showed learning ICL on 2 CPU cores in
-minutes, and every later stage has an adapter for it (`LlavaAdapter`: LIVE site, prompt spans).
-Default size: Llama 4 layers x 128 (GQA 4/2 heads, MLP 256), CLIP 2 layers x 64, word-level vocabulary of
-~330: about 0.81M parameters, below the "few million" the issue suggests, because a training step over a
-32-row batch of ~140-token episodes already costs ~0.35 s on 2 cores and the run must fit ~9 minutes;
-a larger model would get fewer steps in the same time, and steps (not capacity) are what this run lacks.
-Measured at equal compute (same rows seen): 1440 steps of 32 rows beat 720 steps of 64 (8-shot ICL 76.6% vs
-73.7%) and 2880 of 16 (59.6%); the ICL episodes' loss weighs 2 against each other group's 1 (`combine_losses`;
-79.6% and 74.3% with seeds 0 and 1; weight 3: 73.6%). Either way the en and swap twins of a task are not told
-apart from the demos (flat curves after 1 shot). Tried and dropped: arithmetic drill rows (`a + b = c.` facts,
-1/8 of the batch) left held-out DeepScaler accuracy at 2-3%, as without them.
-Arithmetic (the reasoning rows' accuracy, which RL later needs above zero): samples showed the model copying
-a problem's numbers wrongly ("has 7 ... gets 40" -> "5 + 30 = 47"), so the data layer's traces now restate
-each quantity with the word before it ("has 7 and gets 40, so 7 + 40 = 47.") and the tokenizer keeps a number's
-first digit with its space (`▁4`, `0`), which lets an induction head copy (word, number) bigrams: operands
-were then copied right and held-out accuracy rose from 2% to 6%. The 40,000 extra generated rows (unique
-problems; the test problems left out) weigh the arithmetic levels (`extra_reasoning_levels` 1, 2, 1, 2, 1,
-2, 3, 4, 5 in turn). Measured (1 thread, two runs side by side): levels 1-2 only gave 17.5% on levels 1 and
-2 each when level 1 used operands up to 60 (two-digit carries); with the data layer's level 1 now small
-numbers (up to 20 and up to 9: the tier RL starts from), 47.5% and 22.5%, 14.5% overall, but the format
-rate fell to 92.5% (level 4: 67.5%, its restated equation was rarely seen), hence some rows of levels 3-5.
-Tried and dropped at the same step count: packing two reasoning examples per row (50% slower, ICL 74.4%),
-tied input/output embeddings (ICL 74.2%, arithmetic 4.5%), yes/no attribute checks among the "describe"
-rows (ICL 77.2%, within the seed spread), a swap-pair curriculum (a quarter or a half of the en/swap
-episodes drawn only from items whose value the swap moves, so that every later answer has a telling demo:
-8-shot ICL 78.7% and 76.3%, arithmetic 7.0% and 6.5%, 1 thread each), and CLIP's CLS token kept as a fifth
-image token (an image summary for the decoder to match demos on, the "full" feature strategy: ICL 77.8%,
-arithmetic 9.5%), and episodes under a random per-episode mapping (the images of one attribute answered
-with a permutation of its English words drawn for that episode, so that only comparing demo images with
-their answers can give the query's answer; a third or a half of the ICL episodes, 1 thread each: 8-shot
-ICL 68.1% and 58.1%, shape perception fell, arithmetic 5.5% and 8.0%; a probe of the 1440-step default
-showed its en/swap answers on swap-moved values a coin flip whatever the demos, and so did these).
-In all of them the en/swap curves stay flat after 1 shot. Thread count alone changes the
-float reductions and so the trajectory: arithmetic accuracy moves by several points between such runs.
-Arithmetic drill (`arithmetic_drill_share`, `drill_row`): with the operands copied right, the remaining errors
-were the facts themselves ("8 + 7 = 13"): each of the ~340 level-1 facts was seen about a dozen times in the
-whole run. Two rows per batch now hold 12 equations each, taken from the generator's own traces and written in
-their wording (" so 8 + 7 = 15."), with the loss on the results only, as a loss group of their own. On 1,000
-fresh problems from the generator (the 200-problem test split is too small to tell: the model without the
-drill scored 10.0% there and 6.1% on these), accuracy rose from 6.1% to 19.4% (level 1: 10.7% -> 62.0%;
-level 2: 10.7% -> 24.9%) at a 98.7% format rate; in the reasoning group instead (3 rows, no group of their
-own, 1 thread): 12.2%. The new group took the ICL episodes' share of the gradient from 2/6 to 2/7, and the
-1-to-8-shot curve sagged (test 81.6 -> 81.0); `icl_loss_weight` 2.5 gives them their third back: arithmetic
-22.3% on the fresh problems, 8-shot ICL 81.8% on an independently generated (seed 1) set of 600 ICL queries
-(79.7% without the drill, 80.5% at weight 2). The drill rows are no wider than an ICL episode, so a step costs
-the same.
-Long episodes (`long_icl_rows`, `long_max_shots`): trained on 8-demo episodes only, the model fell apart past
-them: 16-shot ICL 72.2% on the test split and 72.6% on the seed-1 set, against 81.6% and 82.0% at 8 shots,
-and the in-context vector stages distil a 16-shot teacher. Two 16-demo episodes per batch now take the place of
-four 8-demo ones (the same number of answers, since every answer is under the loss) and are forwarded as a
-second sub-batch (`sub_batches`), so the other rows are not padded to their width and a step costs the same.
-Measured (1 thread each, side by side): 16-shot 82.9% (test) and 80.7% (seed-1 set), 8-shot 83.3% and 81.1%,
-arithmetic 23.1% on the 1,000 fresh problems; one long episode in place of two short ones: 16-shot 78.9%,
-8-shot 78.5%. The curve is still flat after 1 shot (twin rate 0.29). Tried and dropped with the long episodes
-(1 thread): 8 attention heads of 16 dimensions instead of 4 of 32 (more heads for a demo-comparing circuit),
-with 4 KV heads: 1-to-8-shot 82.6 / 83.1 / 83.1 / 82.9%, twin rate 0.27; with 8 KV heads: 81.1 / 81.2 / 81.9 /
-80.4%, twin rate 0.32.
-
-Why the curve was flat after 1 shot with the swap lexicon (measured): the train split holds 80 items per ICL
-task, each seen ~300 times in a run, and the model answers them per image. Scored on train items (demos from
-the train pools), the default model tells the en/swap twins apart from 1 shot: 1-shot 99.7%, 8-shot 99.9%, twin
-rate 0.01, and 0-shot 39.9% (the image alone gives the task away); on the test split, 83.3%, 82.8% and 0.28. It
-has learnt the training images' answers, not how to read the lexicon off the demonstrations. `extra_icl_items` adds
-freshly rendered items of every task (the data layer's own generator; describe rows on them too), so that
-no image can be memorised. Measured (1 thread each, 1-to-16-shot test means): 1,000 per task 66.5 / 67.4 /
-67.9 / 67.8 / 66.5, twin rate 0.28 -> 0.21; 4,000 per task 64.0 / 65.8 / 63.3 / 64.6 / 64.0, twin rate 0.20 ->
-0.17 (colour/swap 61.5 -> 79.8% from 1 to 8 shots); 1,000 with describe rows on them, and the same with the
-describe share doubled: 65.0 / 64.1 / 63.9 / 64.2 / 63.7 and 64.5 / 64.0 / 63.8 / 63.7 / 64.1. In all four the
-model no longer perceives shape (the shape tasks fall from ~85% to 19-44%, colour and position stay right;
-on the independent seed-1 set, shape/code 1-shot 23.1% against the default's 92.5%): the shape features
-the default reads seem to come from memorising the few training images, and in 1440 steps fresh images do
-not teach them. Mixing instead (code of the experiments only, not kept): half the ICL episodes from the
-fresh items from the start: shape still unlearnt, 64.9 / 62.3 / 62.3 / 61.3 / 62.4; from step 720 on (the
-first half on the train split alone): shape learnt (shape/code 100%), 82.5 / 83.2 / 82.9 / 82.9 / 82.8, but
-the twin rate stayed 0.34, so the fresh second half did not teach the twins either. So the option stays
-off (0) until a run learns both. Deeper decoders without it changed
-nothing: 6 layers of 128 gave 81.5 / 80.9 / 81.0 / 80.6 / 80.2%, twin rate 0.26-0.29; 8 layers of 96 gave
-81.0 / 80.6 / 80.5 / 80.8 / 80.6%, twin rate 0.30-0.33 (and each step costs 1.3-1.4x).
-Shared images (`shared_icl_images`, `shared_icl_from_step`; see `shared_icl_pools`): the same train images,
-but each answered by the episode's task, so that an image no longer tells its task (the 0-shot 39.9% above).
-Measured (1 thread each, side by side, 1-to-16-shot test means): every episode shared from step 0: 66.8 /
-66.7 / 66.0 / 64.4 / 66.3, twin rate 0.22 -> 0.27, and shape unlearnt again (shape tasks 28-38%): so shape is
-not learnt from memorising the images as such but, it seems, from each image's fixed answer; half the
-episodes: 77.4 / 79.3 / 78.9 / 78.9 / 77.8, twin rate 0.29-0.33; every episode from step 720: shape kept,
-83.8 / 83.5 / 83.3 / 83.5 / 82.0, twin rate 0.33-0.38; from step 1080: 80.0 / 79.8 / 80.3 / 80.6 / 79.7, twin
-rate 0.39-0.43; from step 720 with the en/swap episodes only on values the swap moves (every demo telling;
-experiment code, not kept): 61.6 / 59.8 / 59.9 / 60.5 / 59.2, twin rate 0.31-0.39, the swap tasks answered
-with the swapped word even on its fixed points (colour/swap 15-20%); every episode shared from step 0 for
-twice the steps (2,880, ~27 minutes): shape learnt late, 83.3 / 83.2 / 83.4 / 83.1 / 80.9, twin rate 0.32-0.36
-(and arithmetic 39.0%). So the twins are not told apart even where nothing but the demonstrations tells
-them, at twice the compute either, and the option stays off (0).
+The mixture and why (each choice was measured on val or on an independently generated tuning set, never on
+the test split: docs/experiments.md has the numbers):
+- ICL episodes of the nine task families (the "en" lexicon's twin "alias" answers two values with words of
+  its own, so a demo may fit both twins and the accuracy-vs-shots curve rises as telling demos come in), with
+  `long_icl_rows` 16-demo episodes per batch in place of 8-demo ones, because the vector stages distil a
+  16-shot teacher and a model trained on 8 demos only degrades past them; their loss group weighs
+  `icl_loss_weight` against each other group's 1;
+- "describe" rows supervise the vision path directly; ordinary VQA rows;
+- reasoning traces restate each quantity with the word before it ("has 7 and gets 40, so 7 + 40 = 47."), and
+  the tokenizer keeps a number's first digit with its space, so operands are copied right; 40,000 extra
+  generated problems (the test problems left out) weigh the arithmetic levels; the arithmetic drill rows
+  (`arithmetic_drill_share`: 12 trace equations per row, loss on the results) teach the facts themselves.
+Thread count alone changes float reductions and so the training trajectory (README, "Reproducibility").
 
 Departures from the real thing: real LLaVA starts from pretrained CLIP and Llama weights and trains in two
 phases (projector alignment, then instruction tuning); here everything is trained from scratch in one
@@ -159,6 +73,7 @@ from lmmops.config import BootstrapConfig, to_dict
 from lmmops.data.icl_tasks import ICL_TASKS, ICL_VOCABULARY, get_icl_task, tasks_sharing_vocabulary
 from lmmops.data.loaders import load_deepscaler, load_multimath, load_vermulti, load_vqa, load_vqa_scenes
 from lmmops.data.schemas import MathItem, MultimodalItem, VQAItem
+from lmmops.eval.analysis import split_by_mask
 from lmmops.models.adapters import _answer_token_ids, adapter_for
 from lmmops.models.prompt import SEPARATOR, ICLItem, item_text
 from lmmops.models.tokenizer import build_word_tokenizer
@@ -249,8 +164,8 @@ def shared_icl_pools(icl: dict[str, list[VQAItem]], scenes: dict[int, Any]) -> d
     """Per ICL task, every single-object ICL image of every task, answered by that task's rule on its scene.
 
     Why: each train image belongs to one task, and seen ~300 times a run, the image itself gives its task
-    away (the default model scores 39.9% 0-shot on train items, 22% on test items): the shortcut spares the
-    model from reading an en or alias lexicon off the demonstrations. Drawn from these pools, an episode's
+    away (0-shot accuracy on train items is well above chance): the shortcut spares the model from reading
+    an en or alias lexicon off the demonstrations. Drawn from these pools, an episode's
     images come from all tasks alike, so only its demonstrations tell the task; the images stay the few
     (memorisable) train images, on which the model learns to perceive shape.
     Relabelled items get fresh negative question ids (-(3e12 + n)).
@@ -322,10 +237,9 @@ def extra_icl_items(per_task: int, seed: int, size: int
     """`per_task` more items of each ICL task, drawn and rendered by the data layer's own ICL item generator
     (`lmmops.data.synthetic.vqa.icl_image`, on a random stream of their own), kept in memory.
 
-    Why: the train split holds 80 items per ICL task, each seen ~300 times in a run, and the model learned
-    each image's answer instead of reading the task from the demonstrations: on train items the en/swap
-    twins (the former swap lexicon) were told apart (1-shot 99.7%, twin rate 0.01) and on test items they were
-    not (83%, 0.29). A freshly rendered image (jitter, background) is not memorised, so only the demonstrations
+    Why: the train split holds 80 items per ICL task, each seen ~300 times in a run, so the model can learn
+    each image's answer instead of reading the task from the demonstrations. A freshly rendered image
+    (jitter, background) is not memorised, so only the demonstrations
     can tell the twins apart. Returns the items by task, their images by (pseudo) path and their
     scenes by image id (for `describe_items`).
     """
@@ -922,7 +836,8 @@ def evaluate_icl(
     Each ICL query is asked `repeats` times with demonstrations drawn from the other items of its task
     (in `demo_pool` when given, else in `items`); the k-shot prompt uses the first k of the same draw, so
     the shot counts differ only in k. Correct = greedy decoding emits exactly the answer tokens (teacher
-    forced, one forward pass). Returns icl_acc_<k>shot, icl_acc_<k>shot/<task>, icl_chance, icl_queries, and
+    forced, one forward pass). Returns icl_acc_<k>shot, icl_acc_<k>shot/<task>, the same without the near-duplicate
+    queries (icl_acc_nodup_<k>shot, icl_acc_nodup_<k>shot/<task>, icl_queries_nodup), icl_chance, icl_queries, and
     icl_twin_rate_<k>shot (k >= 1): over the "en" and "alias" queries whose value the two answer differently and
     whose demos include one such value (so the demos tell the two tasks apart), the share answered with the twin
     task's word. A model that reads the lexicon off the demos drives it to 0; one that only recognises the
@@ -966,9 +881,11 @@ def evaluate_icl(
             predicted = logits[row, s - 1 : e - 1].argmax(-1)
             answers[j] = (bool((predicted == batch.input_ids[row, s:e]).all()), predicted.cpu())
     correct: dict[tuple[int, str], list[float]] = defaultdict(list)
+    duplicate: dict[tuple[int, str], list[bool]] = defaultdict(list)  # beside `correct`: a near-duplicate query
     twin_answers: dict[int, list[float]] = defaultdict(list)
     for (k, task, _demos, q), (ok, predicted) in zip(jobs, answers, strict=True):
         correct[(k, task)].append(float(ok))
+        duplicate[(k, task)].append(q.near_duplicate_of is not None)
         twin = telling_twin_answer(q, _demos)
         if twin is not None:
             twin_answers[k].append(float(processor.tokenizer.decode(predicted).strip() == twin))
@@ -983,8 +900,15 @@ def evaluate_icl(
         out.update({f"icl_acc_{k}shot/{t.removeprefix('icl/')}": v for t, v in per_task.items()})
         if twin_answers[k]:
             out[f"icl_twin_rate_{k}shot"] = float(np.mean(twin_answers[k]))
+        # The same scores without the near-duplicate queries (near-copies of a train item; synthetic data only).
+        kept = {t: split_by_mask(correct[(k, t)], duplicate[(k, t)])[1] for t in tasks}
+        if any(kept.values()):
+            out[f"icl_acc_nodup_{k}shot"] = float(np.mean([v for t in tasks for v in kept[t]]))
+        out.update({f"icl_acc_nodup_{k}shot/{t.removeprefix('icl/')}": float(np.mean(v)) for t, v in kept.items()
+                    if v})
     out["icl_chance"] = float(np.mean([icl_chance(q) for q in queries])) if queries else 0.0
     out["icl_queries"] = float(len(queries))
+    out["icl_queries_nodup"] = float(sum(q.near_duplicate_of is None for q in queries))
     return out
 
 

@@ -168,7 +168,8 @@ def icl_eval(cfg: ICLEvalConfig, ctx: StageContext) -> dict[str, float]:
     cache = None
     if cfg.use_demo_cache:
         cache = DemoFeatureCache.load(index_dir / CACHE_DIR, model_fingerprint=image.name, data_version=version)
-    runner = ICLRunner(model, processor, cache=cache, batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens)
+    runner = ICLRunner(model, processor, cache=cache, batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens,
+                       num_beams=cfg.num_beams, answer_cut=cfg.answer_cut)
 
     # 2. The runs, one nested MLflow run each.
     out_dir = ctx.path(cfg.out_dir)
@@ -220,4 +221,6 @@ def icl_eval(cfg: ICLEvalConfig, ctx: StageContext) -> dict[str, float]:
     ctx.run.log_metrics({"vision_images_encoded": float(runner.vision_images_encoded)})
     metrics.update({f"finding/{k}": float(v) for k, v in found.items() if isinstance(v, bool)})
     metrics["queries"] = float(len(queries))
+    # acc_nodup/<run> (flat_metrics) are over these: the queries that are not near-copies of a train item
+    metrics["queries_nodup"] = float(sum(q.near_duplicate_of is None for q in queries))
     return metrics

@@ -7,7 +7,9 @@
                                once, zero-shot template, with the baseline applied; reports/vector_baselines/
 
 Metrics (metrics/vector-baselines.json, deterministic): test_acc/<baseline>/<pool> and test_acc/<baseline>/mean
-(mean over pools), the same for zero-shot (the plain model, the reference), val_acc/<baseline>/mean (of the
+(mean over pools), the same for zero-shot (the plain model, the reference); test_acc_nodup/<baseline>/<pool> and
+/mean, test_items_nodup/<pool>: the same scores without the near-duplicate test items (near-copies of train items,
+synthetic data only; a second table in results.md); val_acc/<baseline>/mean (of the
 chosen setting), trainable_params/<baseline> (LoRA's adapter scalars; d for the task and function vectors; L*d
 for ICV). Timings go to the MLflow run only (the metrics file stays deterministic, as for every stage):
 latency_rel/<baseline>, the baseline's test generation time over the plain model's, summed over pools (each
@@ -27,6 +29,7 @@ tests/vectors/test_baselines.py -q`.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from lmmops.config import VectorBaselinesConfig, to_dict
@@ -52,36 +55,83 @@ def task_pools(items: list[Any], names: tuple[str, ...] = ()) -> dict[str, list[
 
 
 def results_markdown(table: dict[str, dict[str, float]], columns: list[str], params: dict[str, int],
-                     latency: dict[str, float]) -> str:
-    """Test accuracy per pool (rows) and method (columns), the mean, trainable parameters and latency."""
+                     latency: dict[str, float], nodup: dict[str, dict[str, float]] | None = None,
+                     items: dict[str, tuple[int, int]] | None = None) -> str:
+    """Test accuracy per pool (rows) and method (columns), the mean, trainable parameters and latency; with
+    `nodup` ({pool: {method: accuracy}} without the near-duplicate test items) and `items` ({pool: (test items
+    without near-duplicates, all test items)}), a second table of the accuracies without the near-duplicates."""
     head = "| pool | " + " | ".join(columns) + " |\n|---|" + "---|" * len(columns) + "\n"
     rows = [f"| {pool} | " + " | ".join(f"{100 * accs[c]:.1f}" for c in columns) + " |" for pool, accs in table.items()]
     mean = {c: sum(accs[c] for accs in table.values()) / len(table) for c in columns}
     rows.append("| **mean** | " + " | ".join(f"**{100 * mean[c]:.1f}**" for c in columns) + " |")
     rows.append("| trainable params | " + " | ".join(f"{params.get(c, 0):,}" for c in columns) + " |")
     rows.append("| latency vs zero-shot | " + " | ".join(f"{latency.get(c, 1.0):.2f}x" for c in columns) + " |")
-    return ("Test accuracy (%, VQA accuracy) of each baseline per task pool; every choice made on the val split.\n\n"
+    text = ("Test accuracy (%, VQA accuracy) of each baseline per task pool; every choice made on the val split.\n\n"
             + head + "\n".join(rows) + "\n")
+    if nodup is None:
+        return text
+    counts = items or {}
+    mean_nodup = nodup_means(nodup, columns)
+    rows = [f"| {pool} | " + " | ".join(f"{100 * accs[c]:.1f}" if c in accs else "-" for c in columns)
+            + " | {} (of {}) |".format(*counts.get(pool, ("-", "-"))) for pool, accs in nodup.items()]
+    rows.append("| **mean** | " + " | ".join(f"**{100 * mean_nodup[c]:.1f}**" if c in mean_nodup else "-"
+                                             for c in columns)
+                + f" | {sum(n for n, _ in counts.values())} (of {sum(t for _, t in counts.values())}) |")
+    return (text + "\nWithout near-duplicates (the test items that near-copy a train item by design, the synthetic "
+            "generator's near_duplicate_share, left out; the same answers and scores as above; real data has "
+            "none):\n\n| pool | " + " | ".join(columns) + " | test items (of all) |\n|---|"
+            + "---|" * (len(columns) + 1) + "\n" + "\n".join(rows) + "\n")
 
 
+def nodup_means(nodup: dict[str, dict[str, float]], columns: list[str]) -> dict[str, float]:
+    """{method: mean over pools} of the accuracies without near-duplicates; a pool without any such item (all of
+    its test items near-duplicates) has none and stays out of the mean, as in lmmops.vectors.stage_lib."""
+    out = {}
+    for c in columns:
+        values = [accs[c] for accs in nodup.values() if c in accs]
+        if values:
+            out[c] = sum(values) / len(values)
+    return out
+
+
+def _decoded(fn: Any) -> Any:
+    """`fn(cfg, ...)` under `cfg`'s decoding (num_beams, answer_cut): the runners that the baselines' fitting and
+    scoring build inside (lmmops.vectors.train.evaluate_vectors) read it, in this process or a worker, so zero-shot
+    and every baseline are scored alike."""
+    import functools
+
+    @functools.wraps(fn)
+    def run(cfg: VectorBaselinesConfig, *args: Any, **kwargs: Any) -> Any:
+        from lmmops.icl.inference import decoding
+
+        with decoding(cfg.num_beams, cfg.answer_cut):
+            return fn(cfg, *args, **kwargs)
+
+    return run
+
+
+@_decoded
 def fit_and_test_pool(cfg: VectorBaselinesConfig, model: Any, processor: Any, pool: str, train: list[Any],
                       val: list[Any], test: list[Any]) -> dict[str, Any]:
     """One pool: fit every baseline (choices on `val`), score `test` once per method (zero-shot included), then
     time `latency_repeats - 1` more identical test generations. A picklable summary: accuracy, seconds (the best
     run) per method; trainable params, val accuracy and choice per baseline."""
+    from lmmops.eval.analysis import mean_without
     from lmmops.vectors import baselines as bl
 
     gen = {"batch_size": cfg.batch_size, "max_new_tokens": cfg.max_new_tokens}
 
-    def plain(items: list[Any]) -> dict[str, float]:
-        return bl.timed_evaluation(model, processor, items, instruction=cfg.instruction, **gen)
+    def plain(items: list[Any], samples_out: list[dict[str, Any]] | None = None) -> dict[str, float]:
+        return bl.timed_evaluation(model, processor, items, instruction=cfg.instruction, samples_out=samples_out,
+                                   **gen)
 
     columns = ["zero-shot", *cfg.baselines]
     fitted = {name: bl.fit_baseline(name, cfg, model, processor, train, val) for name in cfg.baselines}
     # The test split, once per method: accuracy (and a first timing) ...
-    results = {"zero-shot": plain(test)}
+    samples: dict[str, list[dict[str, Any]]] = {c: [] for c in columns}  # per test item: its score
+    results = {"zero-shot": plain(test, samples["zero-shot"])}
     for name, f in fitted.items():
-        results[name] = bl.evaluate_baseline(f, model, processor, test, **gen)
+        results[name] = bl.evaluate_baseline(f, model, processor, test, samples_out=samples[name], **gen)
     times = {c: [results[c]["seconds"]] for c in columns}
     # ... then `latency_repeats - 1` more rounds of the same (greedy, identical) generations, the methods
     # interleaved in each round so that a slow spell of a shared machine does not land on one method only.
@@ -91,14 +141,20 @@ def fit_and_test_pool(cfg: VectorBaselinesConfig, model: Any, processor: Any, po
             with f.applied(model, processor):
                 times[name].append(bl.timed_evaluation(model, processor, test, instruction=f.instruction,
                                                        **gen)["seconds"])
+    # The same scores without the near-duplicate test items (near-copies of train items; synthetic data only).
+    dup = [it.near_duplicate_of is not None for it in test]
+    nodup = {c: mean_without([float(s["accuracy"]) for s in samples[c]], dup)[0] for c in columns}
     return {"pool": pool,
             "accuracy": {c: results[c]["accuracy"] for c in columns},
+            "accuracy_nodup": {c: a for c, a in nodup.items() if math.isfinite(a)},  # none: every item a duplicate
+            "test_items_nodup": sum(not d for d in dup),
             "seconds": {c: min(times[c]) for c in columns},
             "params": {name: f.trainable_params for name, f in fitted.items()},
             "val_accuracy": {name: float(f.choice["val_accuracy"]) for name, f in fitted.items()},
             "choices": {name: {k: v for k, v in f.choice.items() if k != "head_aie"} for name, f in fitted.items()}}
 
 
+@_decoded
 def _warm_up(cfg: VectorBaselinesConfig, model: Any, processor: Any, val: list[Any]) -> None:
     """One untimed zero-shot run (first-call overheads) before any timing; on val, never the test split."""
     from lmmops.vectors import baselines as bl
@@ -211,18 +267,28 @@ def vector_baselines(cfg: VectorBaselinesConfig, ctx: StageContext) -> dict[str,
         for pool, accs in table.items():
             metrics[f"test_acc/{c}/{pool}"] = accs[c]
         metrics[f"test_acc/{c}/mean"] = sum(accs[c] for accs in table.values()) / len(table)
+    # The same test accuracies without the near-duplicate test items (same per-item scores, filtered).
+    nodup = {pool: r["accuracy_nodup"] for pool, r in per_pool.items()}
+    items = {pool: (int(r["test_items_nodup"]), len(test[pool])) for pool, r in per_pool.items()}
+    for pool, accs in nodup.items():
+        for c, acc in accs.items():
+            metrics[f"test_acc_nodup/{c}/{pool}"] = float(acc)
+        metrics[f"test_items_nodup/{pool}"] = float(items[pool][0])
+    for c, acc in nodup_means(nodup, columns).items():
+        metrics[f"test_acc_nodup/{c}/mean"] = acc
     for name in cfg.baselines:
         metrics[f"val_acc/{name}/mean"] = sum(val_accs[name]) / len(val_accs[name])
         metrics[f"trainable_params/{name}"] = float(params[name])
 
     out_dir = ctx.path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    report = results_markdown(table, columns, params, latency)
+    report = results_markdown(table, columns, params, latency, nodup, items)
     log.info("vector-baselines results:\n%s", report)
     (out_dir / "results.md").write_text(report)
     results = {"data_version": data_version(ctx, data_dir), "config": to_dict(cfg),
                "pools": {p: {"train": len(train[p]), "val": len(val[p]), "test": len(test[p])} for p in train},
-               "test_accuracy": table, "trainable_params": params, "latency_rel": latency,
+               "test_accuracy": table, "test_accuracy_nodup": nodup, "trainable_params": params,
+               "latency_rel": latency,
                "test_seconds": seconds, "choices": choices}
     write_json_atomic(out_dir / "results.json", results)
     ctx.run.log_metrics({f"latency_rel/{name}": latency[name] for name in cfg.baselines})

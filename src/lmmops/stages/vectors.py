@@ -123,7 +123,7 @@ def run_vector_stage(cfg: VectorStageConfig, ctx: StageContext) -> dict[str, flo
     # cuda:LOCAL_RANK on a GPU host (one process per GPU under torchrun / the deepspeed launcher), else cpu.
     model, processor = load_model(spec, device=launch_device())
     eval_kw = {"batch_size": cfg.eval_batch_size, "max_new_tokens": cfg.max_new_tokens,
-               "instruction": cfg.instruction}
+               "instruction": cfg.instruction, "num_beams": cfg.num_beams, "answer_cut": cfg.answer_cut}
     rank = launcher_rank()
     if rank != 0:  # a launcher's other ranks: train (the collective part), then leave the rest to rank 0
         log.info("%s: rank %d: pools %s", method, rank, list(pools))

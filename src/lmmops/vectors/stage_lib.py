@@ -15,6 +15,8 @@ What it does, per pool (each ICL task family of the train split, plus "vqa": the
      so drifting machine load hits both alike; k-shot ICL, several times slower, is timed by its scored run)
      for the latency ratios. The ICL reference can be kept on disk (`icl_cache_dir`, keyed by
      `icl_reference_key`) for the other vector stage to read back.
+  3. `stage_metrics` / `results_markdown`: every test accuracy (and gap) also without the near-duplicate test
+     items (`nodup_metrics`: keys <family>_nodup/<pool>, the same per-item scores filtered; a second table).
 Each segment end's vectors are kept beside the checkpoint (`round-<step>.pt`), so a stage that resumes after its
 last segment (e.g. it failed while registering) selects exactly as an uninterrupted run.
 
@@ -200,6 +202,16 @@ def train_and_select(
                         key=result.key, history=list(result.history))
 
 
+def _evaluate_vectors(model: nn.Module, processor: Any, vectors: VectorSet | None, items: Sequence[VQAItem], *,
+                      num_beams: int = 1, answer_cut: Sequence[str] = (), **kw: Any) -> dict[str, float]:
+    """`evaluate_vectors(..., **kw)` under the stage's decoding (`num_beams`, `answer_cut`; its runner reads the
+    `decoding` scope), so that vectors, zero-shot and ICL are scored alike."""
+    from lmmops.icl.inference import decoding
+
+    with decoding(num_beams, answer_cut):
+        return evaluate_vectors(model, processor, vectors, items, **kw)
+
+
 def train_pools(
     cfg: DistillConfig,
     model: nn.Module,
@@ -233,7 +245,7 @@ def train_pools(
             items = pools[pool]
 
             def evaluate_val(vectors: VectorSet, val: Sequence[VQAItem] = items["val"]) -> float:
-                return float(evaluate_vectors(model, processor, vectors, val, **eval_kw)["accuracy"])
+                return float(_evaluate_vectors(model, processor, vectors, val, **eval_kw)["accuracy"])
 
             def log_pool(step: int, values: dict[str, float], pool: str = pool) -> None:
                 if on_log is not None:
@@ -320,7 +332,7 @@ def _worker_train(cfg: DistillConfig, pool: str, items: dict[str, list[VQAItem]]
     model, processor = worker_model()
 
     def evaluate_val(vectors: VectorSet) -> float:
-        return float(evaluate_vectors(model, processor, vectors, items["val"], **eval_kw)["accuracy"])
+        return float(_evaluate_vectors(model, processor, vectors, items["val"], **eval_kw)["accuracy"])
 
     result = train_and_select(cfg, model, processor, items["train"], rounds=rounds, checkpoint_dir=Path(checkpoint_dir),
                               pool=pool, evaluate_val=evaluate_val, progress=False)
@@ -362,6 +374,8 @@ def generation_seconds(
     max_new_tokens: int,
     instruction: str | None,
     repeats: int,
+    num_beams: int = 1,
+    answer_cut: Sequence[str] = (),
 ) -> dict[str, float]:
     """Best-of-`repeats` wall time of generating each named run's prompts (with its vectors attached, or plain).
 
@@ -370,7 +384,8 @@ def generation_seconds(
     """
     from lmmops.icl.inference import ICLRunner
 
-    runner = ICLRunner(model, processor, batch_size=batch_size, max_new_tokens=max_new_tokens, progress=False)
+    runner = ICLRunner(model, processor, batch_size=batch_size, max_new_tokens=max_new_tokens, num_beams=num_beams,
+                       answer_cut=answer_cut, progress=False)
     best = {name: float("inf") for name in runs}
     for _ in range(max(1, repeats)):
         for name, (prompts, vectors) in runs.items():
@@ -397,6 +412,8 @@ def icl_reference_key(
     batch_size: int,
     max_new_tokens: int,
     instruction: str | None,
+    num_beams: int = 1,
+    answer_cut: Sequence[str] = (),
     fingerprints: dict[int, str] | None = None,
 ) -> str:
     """Hash of everything a pool's k-shot ICL reference depends on: the base model's weights and tokenizer, the
@@ -423,7 +440,8 @@ def icl_reference_key(
     fingerprint = memo[id(model)]
     blob = {"format": ICL_REFERENCE_FORMAT, "model": fingerprint, "test": rows(test),
             "train": rows(train), "shots": shots, "seed": seed, "draws": draws, "batch_size": batch_size,
-            "max_new_tokens": max_new_tokens, "instruction": instruction, "threads": torch.get_num_threads(),
+            "max_new_tokens": max_new_tokens, "num_beams": num_beams, "answer_cut": list(answer_cut),
+            "instruction": instruction, "threads": torch.get_num_threads(),
             "device": str(param.device), "dtype": str(param.dtype), "torch": torch.__version__,
             "transformers": transformers.__version__, "code": code}
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
@@ -461,6 +479,10 @@ class TestResult:
     samples: dict[str, list[dict[str, Any]]]  # pool -> predictions of the vectors on the test items
     # pool -> (ICL minus vectors, mean over the test items, its paired standard error)
     gap: dict[str, tuple[float, float]] = field(default_factory=dict)
+    # pool -> {"vectors", "zero-shot", "icl"} -> per-test-item scores (the accuracies above are their means)
+    item_acc: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    # pool -> per test item: a near-duplicate of a train item (VQAItem.near_duplicate_of; synthetic data only)
+    near_duplicate: dict[str, list[bool]] = field(default_factory=dict)
 
     def latency_rel(self, which: str) -> float:
         """Generation time of `which` ("vectors" or "icl") over zero-shot, summed over pools."""
@@ -480,6 +502,8 @@ def evaluate_test(
     max_new_tokens: int,
     instruction: str | None,
     repeats: int,
+    num_beams: int = 1,
+    answer_cut: Sequence[str] = (),
     icl_draws: int = 1,
     icl_cache_dir: str | Path | None = None,
 ) -> TestResult:
@@ -500,16 +524,20 @@ def evaluate_test(
     from lmmops.icl.experiment import item_accuracy
     from lmmops.icl.inference import ICLRunner
 
-    runner = ICLRunner(model, processor, batch_size=batch_size, max_new_tokens=max_new_tokens, progress=False)
+    runner = ICLRunner(model, processor, batch_size=batch_size, max_new_tokens=max_new_tokens, num_beams=num_beams,
+                       answer_cut=answer_cut, progress=False)
     out = TestResult({}, {}, {}, {}, {})
     fingerprints: dict[int, str] = {}  # model_fingerprint, once for all pools
     for pool, vs in vectors.items():
         test, train = list(pools[pool]["test"]), list(pools[pool]["train"])
         samples: list[dict[str, Any]] = []
-        kw = {"batch_size": batch_size, "max_new_tokens": max_new_tokens, "instruction": instruction}
-        out.vector_acc[pool] = evaluate_vectors(model, processor, vs, test, samples_out=samples, **kw)["accuracy"]
+        kw = {"batch_size": batch_size, "max_new_tokens": max_new_tokens, "instruction": instruction,
+              "num_beams": num_beams, "answer_cut": tuple(answer_cut)}
+        out.vector_acc[pool] = _evaluate_vectors(model, processor, vs, test, samples_out=samples, **kw)["accuracy"]
         out.samples[pool] = samples
-        out.zero_shot_acc[pool] = evaluate_vectors(model, processor, None, test, **kw)["accuracy"]
+        zero_samples: list[dict[str, Any]] = []
+        out.zero_shot_acc[pool] = _evaluate_vectors(model, processor, None, test, samples_out=zero_samples,
+                                                   **kw)["accuracy"]
         cache = None
         if icl_cache_dir is not None:
             key = icl_reference_key(model, processor, test, train, shots=shots, seed=seed, draws=icl_draws,
@@ -531,10 +559,15 @@ def evaluate_test(
                 write_icl_reference(cache, pool, icl_item_acc, icl_seconds)
         out.icl_acc[pool] = mean(icl_item_acc)
         out.gap[pool] = paired_gap(icl_item_acc, [s["accuracy"] for s in samples])
+        out.item_acc[pool] = {"vectors": [float(s["accuracy"]) for s in samples],
+                              "zero-shot": [float(s["accuracy"]) for s in zero_samples],
+                              "icl": [float(a) for a in icl_item_acc]}
+        out.near_duplicate[pool] = [q.near_duplicate_of is not None for q in test]
         zero = [([], q) for q in test]
         out.seconds[pool] = generation_seconds(
             model, processor, {"zero-shot": (zero, None), "vectors": (zero, vs)},
-            batch_size=batch_size, max_new_tokens=max_new_tokens, instruction=instruction, repeats=repeats)
+            batch_size=batch_size, max_new_tokens=max_new_tokens, instruction=instruction, repeats=repeats,
+            num_beams=num_beams, answer_cut=answer_cut)
         # k-shot ICL costs several times zero-shot: its scored runs are its timings (best of the draws).
         out.seconds[pool]["icl"] = icl_seconds
     return out
@@ -579,6 +612,48 @@ def stage_metrics(
     m["pools"] = float(len(training))
     m["shots"] = float(shots)
     m["icl_draws"] = float(icl_draws)
+    m.update(nodup_metrics(test))
+    return m
+
+
+NODUP = "_nodup"  # metric family suffix: the same test accuracy without the near-duplicates of train items
+
+
+def nodup_metrics(test: TestResult) -> dict[str, float]:
+    """The test accuracies of `stage_metrics` again without the near-duplicate test items (10% of the synthetic
+    val/test items near-copy a train item by design; real data has none, and then both numbers are equal): the
+    same per-item scores, filtered, no second model pass. Keys: <family>_nodup/<pool> and /mean for test_acc,
+    zero_shot_acc, icl_acc, gap_to_icl (and gap_to_icl_se_nodup, as the original), gain_over_zero_shot_nodup/mean,
+    test_items_nodup/<pool>. The means are over the pools, as the originals; a pool left without items (all of
+    them near-duplicates) gets only its count (0) and stays out of the means."""
+    from lmmops.eval.analysis import mean_without, paired_gap, split_by_mask
+
+    m: dict[str, float] = {}
+    families = {"test_acc": "vectors", "zero_shot_acc": "zero-shot", "icl_acc": "icl"}
+    per_pool: dict[str, dict[str, float]] = {name: {} for name in families}
+    ses: list[float] = []
+    for pool, scores in test.item_acc.items():
+        dup = test.near_duplicate.get(pool) or [False] * len(scores["vectors"])
+        n = sum(not d for d in dup)
+        m[f"test_items{NODUP}/{pool}"] = float(n)
+        if n == 0:
+            continue
+        for name, which in families.items():
+            per_pool[name][pool] = float(mean_without(scores[which], dup)[0])
+            m[f"{name}{NODUP}/{pool}"] = per_pool[name][pool]
+        gap, se = paired_gap(split_by_mask(scores["icl"], dup)[1], split_by_mask(scores["vectors"], dup)[1])
+        m[f"gap_to_icl{NODUP}/{pool}"] = float(gap)
+        ses.append(se)
+        if math.isfinite(se):
+            m[f"gap_to_icl_se{NODUP}/{pool}"] = float(se)
+    if not per_pool["test_acc"]:
+        return m
+    for name, values in per_pool.items():
+        m[f"{name}{NODUP}/mean"] = mean(list(values.values()))
+    m[f"gap_to_icl{NODUP}/mean"] = m[f"icl_acc{NODUP}/mean"] - m[f"test_acc{NODUP}/mean"]
+    if all(math.isfinite(se) for se in ses):
+        m[f"gap_to_icl_se{NODUP}/mean"] = float(sum(se**2 for se in ses) ** 0.5 / len(ses))
+    m[f"gain_over_zero_shot{NODUP}/mean"] = m[f"test_acc{NODUP}/mean"] - m[f"zero_shot_acc{NODUP}/mean"]
     return m
 
 
@@ -612,7 +687,34 @@ def results_markdown(method: str, metrics: Mapping[str, float], latency: Mapping
     notes = target_notes(metrics, pools, shots, label)
     return (f"Test accuracy (%, VQA accuracy) of {label} per task pool; the vector set of each pool was selected on "
             f"the val split, the test split was scored once. ICL - {label}: the gap on the same test items and "
-            f"its paired standard error.\n\n" + "\n".join(lines) + "\n" + "".join(f"\n{n}\n" for n in notes))
+            f"its paired standard error.\n\n" + "\n".join(lines) + "\n" + nodup_markdown(metrics, pools, icl_col, label)
+            + "".join(f"\n{n}\n" for n in notes))
+
+
+def nodup_markdown(metrics: Mapping[str, float], pools: Sequence[str], icl_col: str, label: str) -> str:
+    """The accuracy table again without the near-duplicate test items (`nodup_metrics`); "" when the metrics have
+    none of its keys (an older run)."""
+    if not any(k.startswith(f"test_items{NODUP}/") for k in metrics):
+        return ""
+
+    def pct(key: str) -> str:
+        return f"{100 * metrics[key]:.1f}" if key in metrics else "-"
+
+    cols = [("zero-shot", "zero_shot_acc"), (icl_col, "icl_acc"), (label, "test_acc")]
+    lines = ["| pool | " + " | ".join(c for c, _ in cols) + f" | ICL - {label} (± SE) | test items (of all) |",
+             "|---" * (len(cols) + 3) + "|"]
+    for pool in [*pools, "mean"]:
+        cells = [pct(f"{key}{NODUP}/{pool}") for _, key in cols]
+        gap, se = f"gap_to_icl{NODUP}/{pool}", f"gap_to_icl_se{NODUP}/{pool}"
+        cells.append("-" if gap not in metrics else f"{100 * metrics[gap]:+.1f}"
+                     + (f" ± {100 * metrics[se]:.1f}" if se in metrics else ""))
+        ps = pools if pool == "mean" else [pool]
+        n = sum(metrics.get(f"test_items{NODUP}/{p}", 0) for p in ps)
+        cells.append(f"{n:.0f} (of {sum(metrics.get(f'test_items/{p}', 0) for p in ps):.0f})")
+        lines.append(f"| {'**mean**' if pool == 'mean' else pool} | " + " | ".join(cells) + " |")
+    return ("\nWithout near-duplicates (the test items that near-copy a train item by design, the synthetic "
+            "generator's near_duplicate_share, left out; the same answers and scores as above; real data has none):\n\n"
+            + "\n".join(lines) + "\n")
 
 
 def target_notes(metrics: Mapping[str, float], pools: Sequence[str], shots: int, label: str,

@@ -27,7 +27,7 @@ import numpy as np
 
 from lmmops.config import MathGenConfig
 from lmmops.data import layout
-from lmmops.data.synthetic.io import write_jsonl
+from lmmops.data.synthetic.io import split_seed, write_jsonl
 
 FAMILY_OFFSET = 202
 
@@ -166,10 +166,11 @@ def make_row(rng: np.random.Generator, level: int) -> dict:
 
 
 def generate_deepscaler(cfg: MathGenConfig, seed: int, out: Path,
-                        progress: Callable[[int], None] = lambda n: None) -> dict[str, int]:
+                        progress: Callable[[int], None] = lambda n: None, *,
+                        test_seed: int | None = None) -> dict[str, int]:
     counts: dict[str, int] = {}
     for split_index, split in enumerate(layout.JSONL_SPLITS):
-        rng = np.random.default_rng([seed, FAMILY_OFFSET, split_index])
+        rng = np.random.default_rng([split_seed(seed, test_seed, split), FAMILY_OFFSET, split_index])
         n = getattr(cfg, split)
         rows = []
         for i in range(n):

@@ -35,7 +35,7 @@ from lmmops.config import MultimodalMathGenConfig
 from lmmops.data import layout
 from lmmops.data.synthetic.deepscaler import latex
 from lmmops.data.synthetic.draw import draw_shape, draw_text, text_size
-from lmmops.data.synthetic.io import save_png, write_jsonl
+from lmmops.data.synthetic.io import save_png, split_seed, write_jsonl
 from lmmops.data.synthetic.scenes import COLOUR_RGB, COLOURS, SHAPES
 
 FAMILY_OFFSET = 303
@@ -344,11 +344,13 @@ def subset_plan(cfg: MultimodalMathGenConfig) -> list[tuple[str, str, str, int]]
 
 
 def generate_multimodal(cfg: MultimodalMathGenConfig, seed: int, out: Path,
-                        progress: Callable[[int], None] = lambda n: None) -> dict[str, dict[str, int]]:
+                        progress: Callable[[int], None] = lambda n: None, *,
+                        test_seed: int | None = None) -> dict[str, dict[str, int]]:
     """Write the three subsets; returns {"multimath": {"train": n, ...}, "vermulti_geo": ..., ...}."""
     counts: dict[str, dict[str, int]] = {}
     for family, subset, split, n in subset_plan(cfg):
-        rng = np.random.default_rng([seed, FAMILY_OFFSET, SUBSET_OFFSETS[subset], layout.JSONL_SPLITS.index(split)])
+        rng = np.random.default_rng([split_seed(seed, test_seed, split), FAMILY_OFFSET, SUBSET_OFFSETS[subset],
+                                     layout.JSONL_SPLITS.index(split)])
         fam_dir = layout.multimodal_dir(family, None if family == "multimath" else subset)
         kinds = SUBSET_KINDS[subset]
         rows = []

@@ -39,3 +39,8 @@ def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:
 def save_png(path: Path, image: Image.Image) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     image.convert("RGB").save(path, **PNG_PARAMS)
+
+
+def split_seed(seed: int, test_seed: int | None, split: str) -> int:
+    """The seed a split draws from: `test_seed` for the test split (when given), `seed` for the others."""
+    return test_seed if split == "test" and test_seed is not None else seed

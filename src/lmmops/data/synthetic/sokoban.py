@@ -24,7 +24,7 @@ import numpy as np
 
 from lmmops.config import SokobanGenConfig
 from lmmops.data import layout
-from lmmops.data.synthetic.io import save_png, write_jsonl
+from lmmops.data.synthetic.io import save_png, split_seed, write_jsonl
 from lmmops.rl.sokoban import generate_level, render
 
 FAMILY_OFFSET = 404
@@ -45,11 +45,12 @@ def sokoban_message(image_path: str, grid: list[str]) -> str:
 
 
 def generate_sokoban(cfg: SokobanGenConfig, seed: int, out: Path,
-                     progress: Callable[[int], None] = lambda n: None) -> dict[str, int]:
+                     progress: Callable[[int], None] = lambda n: None, *,
+                     test_seed: int | None = None) -> dict[str, int]:
     counts: dict[str, int] = {}
     seen: set[tuple[str, ...]] = set()  # across splits: a test level never appears in train
     for split_index, split in enumerate(layout.JSONL_SPLITS):
-        rng = np.random.default_rng([seed, FAMILY_OFFSET, split_index])
+        rng = np.random.default_rng([split_seed(seed, test_seed, split), FAMILY_OFFSET, split_index])
         rows = []
         n = getattr(cfg, split)
         while len(rows) < n:

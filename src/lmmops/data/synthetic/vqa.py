@@ -31,7 +31,7 @@ import numpy as np
 from lmmops.config import VQAGenConfig
 from lmmops.data import layout
 from lmmops.data.icl_tasks import ICL_QUESTION, ICL_TASKS
-from lmmops.data.synthetic.io import save_png, write_json
+from lmmops.data.synthetic.io import save_png, split_seed, write_json
 from lmmops.data.synthetic.scenes import (
     COLOURS,
     POSITIONS,
@@ -316,12 +316,13 @@ def write_split(out: Path, split: str, images: list[VQAImage], size: int,
 
 
 def generate_vqa(cfg: VQAGenConfig, seed: int, out: Path,
-                 progress: Callable[[int], None] = lambda n: None) -> dict[str, int]:
-    """Write the three splits under `out`; returns the number of questions per split."""
+                 progress: Callable[[int], None] = lambda n: None, *, test_seed: int | None = None) -> dict[str, int]:
+    """Write the three splits under `out`; returns the number of questions per split. The test split
+    draws from `test_seed` (default: `seed`), train and val from `seed`."""
     counts: dict[str, int] = {}
     train_pool: list[tuple[int, Scene, QA]] = []
     for split_index, split in enumerate(layout.VQA_SPLITS):
-        rng = np.random.default_rng([seed, FAMILY_OFFSET, split_index])
+        rng = np.random.default_rng([split_seed(seed, test_seed, split), FAMILY_OFFSET, split_index])
         images = build_split(rng, split, getattr(cfg, split), cfg, train_pool)
         written = write_split(out, split, images, cfg.image_size, progress)
         if split == "train":

@@ -12,7 +12,7 @@ query-only prompts: the zero-shot template, the same instruction and the same ge
         ...
     evaluate_baseline(fitted, model, processor, test_items)   # {"accuracy": ..., "queries": ..., ...}
 
-  lora             peft LoRA r 16, alpha 32, dropout 0.05 on the decoder self-attention's q/k/v/o, lr 5e-4,
+  lora             peft LoRA r 16, alpha 32, dropout 0.05 on the q/k/v/o that `lora.scope` names, lr 5e-4,
                    trained query -> answer (answer-only LM loss); best epoch on val          (`lora`)
   task_vector      Hendel et al. 2023: mean last-token hidden state of k-shot prompts at layer L, patched over
                    the zero-shot run's last prompt token at layer L (prefill only); L on val (`task_vector`)
@@ -102,7 +102,7 @@ def _fit_lora(cfg: VectorBaselinesConfig, model: nn.Module, processor: Any, adap
     if cfg.lora.epochs < 1 or cfg.lora.batch_size < 1:
         raise ValueError(f"lora.epochs and lora.batch_size must be >= 1, got {cfg.lora.epochs}, {cfg.lora.batch_size}")
     state, count, choice = train_lora(cfg, model, processor, adapter, train, val)
-    config = lora_config(cfg, lora_target_names(model, adapter))
+    config = lora_config(cfg, lora_target_names(model, adapter, scope=cfg.lora.scope))
 
     def attach(m: nn.Module, _adapter: ModelAdapter) -> AbstractContextManager[Any]:
         return injected_lora(m, config, state)

@@ -1,11 +1,13 @@
 """LoRA baseline (PAPERS.md §4: r 16, alpha 32, dropout 0.05 on q, k, v, o; lr 5e-4), with peft.
 
-Targets (`lora_target_names`): the q_proj/k_proj/v_proj/o_proj children of the language model's decoder
-self-attention modules, as the family adapter lists them (`adapter.self_attn_modules`), given to peft as FULL
-module names: peft matches a listed name exactly (or as a dotted suffix, which a full name from the root can only
-match exactly), so the vision tower's attention (which also has q/k/v projections), gated cross-attention layers
-and perceiver resamplers are never adapted. `lmmops.vectors.params.lora_parameter_count` counts peft's bare-suffix
-matching instead (the talk's 25M, every q/k/v/o of the whole model).
+Targets (`lora_target_names`, `lora.scope`), given to peft as FULL module names (peft matches a listed name
+exactly or as a dotted suffix, which a full name from the root can only match exactly):
+  all_qkvo (default)  every nn.Linear named q_proj/k_proj/v_proj/o_proj anywhere in the model: the modules the
+                      reference's bare `target_modules=["q_proj","k_proj","v_proj","o_proj"]` selects (vision
+                      tower, gated cross-attention and perceiver included; Idefics-9b: the talk's 24,993,792);
+  decoder_self_attn   only the q/k/v/o_proj of the language model's decoder self-attention
+                      (`adapter.self_attn_modules`).
+Both come from `lmmops.vectors.params.lora_target_modules`, which `lmmops params-table` counts with.
 
 Training (`train_lora`): the model is wrapped in place by `peft.get_peft_model` (LoRA A initialised from the
 seed, B = 0, so the wrapped model starts equal to the base model); every epoch reads the pool once in a seeded
@@ -22,7 +24,7 @@ forward, so latency is above zero-shot) and removed with `unload()` on exit. The
 written: peft wraps each targeted nn.Linear and `unload()` puts the same module objects back (no merge), so
 they stay bit-identical; the base parameters' requires_grad flags are restored.
 
-Size (`trainable_params`): the LoRA scalars, sum over targets of r * (in_features + out_features).
+Size (`trainable_params`): the LoRA scalars, sum over the scope's targets of r * (in_features + out_features).
 
 Departures from the papers' LoRA baseline: selection of the epoch on our validation split; trained on this
 task pool only (one adapter per task, like the vectors); the tiny default model gets a few epochs; batches keep
@@ -41,28 +43,21 @@ import numpy as np
 import torch
 from torch import nn
 
-from lmmops.config import VectorBaselinesConfig
+from lmmops.config import LoraScope, VectorBaselinesConfig
 from lmmops.data.schemas import VQAItem
 from lmmops.models import ModelAdapter
 from lmmops.vectors.base import frozen
 from lmmops.vectors.baselines.common import accuracy_with, build_right_padded
 from lmmops.vectors.data import DemoPool
-from lmmops.vectors.params import LORA_TARGETS
+from lmmops.vectors.params import DEFAULT_LORA_SCOPE, LORA_TARGETS, lora_target_modules
 from lmmops.vectors.train import answer_lm_loss, lr_factor
 
 
-def lora_target_names(model: nn.Module, adapter: ModelAdapter) -> list[str]:
-    """Full names (from `model`'s root) of the q/k/v/o projections of the decoder's self-attention."""
-    names = {id(m): n for n, m in model.named_modules()}
-    targets = []
-    for attn in adapter.self_attn_modules:
-        if id(attn) not in names:
-            raise ValueError(f"{adapter.family}: a decoder self-attention module is not inside the given model")
-        for child in LORA_TARGETS:
-            if isinstance(getattr(attn, child, None), nn.Linear):
-                targets.append(f"{names[id(attn)]}.{child}")
+def lora_target_names(model: nn.Module, adapter: ModelAdapter, *, scope: LoraScope = DEFAULT_LORA_SCOPE) -> list[str]:
+    """Full names (from `model`'s root) of the q/k/v/o projections that `scope` adapts (module docstring)."""
+    targets = [name for name, _ in lora_target_modules(model, scope=scope, adapter=adapter)]
     if not targets:
-        raise NotImplementedError(f"{adapter.family}: no {'/'.join(LORA_TARGETS)} nn.Linear in the self-attention")
+        raise NotImplementedError(f"{adapter.family}: no {'/'.join(LORA_TARGETS)} nn.Linear for LoRA scope {scope}")
     return targets
 
 
@@ -92,6 +87,9 @@ def injected_lora(model: nn.Module, config: Any, state: dict[str, torch.Tensor] 
                 result = set_peft_model_state_dict(peft_model, state)
                 if result.unexpected_keys:
                     raise ValueError(f"LoRA state keys not in the model: {result.unexpected_keys[:5]}")
+                missing = [k for k in result.missing_keys if "lora_" in k]
+                if missing:  # injected adapters the state does not cover (e.g. another scope): refuse, not B = 0
+                    raise ValueError(f"LoRA adapters without a state (targets differ from the state's): {missing[:5]}")
             yield peft_model
         finally:
             peft_model.unload()  # the original nn.Linear objects go back; nothing merged into them
@@ -113,7 +111,7 @@ def train_lora(
     per_epoch = math.ceil(len(pool) / lc.batch_size)
     total = per_epoch * lc.epochs
     warmup = round(lc.warmup_share * total)
-    config = lora_config(cfg, lora_target_names(model, adapter))
+    config = lora_config(cfg, lora_target_names(model, adapter, scope=lc.scope))
     device = next(model.parameters()).device
     was_training = model.training
     best: tuple[float, int, dict[str, torch.Tensor]] | None = None
