@@ -20,6 +20,7 @@ from vectorutil import assert_state_equal, state_copy, tiny
 
 import lmmops.vectors.train as train_module
 from lmmops.data.schemas import VQAAnswer, VQAItem
+from lmmops.eval.metrics import normalize_answer
 from lmmops.models import ICLItem, PromptAlignmentError, adapter_for
 from lmmops.vectors import LiveVectors, LossParts, MimicVectors, attach_mimic, capture_outputs, live_loss
 from lmmops.vectors.data import DemoPool, draw_demos, query_batch, sample_step
@@ -297,9 +298,10 @@ def test_evaluate_vectors(pool):
     same: list[dict[str, Any]] = []
     evaluate_vectors(model, processor, idle, pool, batch_size=4, max_new_tokens=3, samples_out=same)
     assert [s["prediction"] for s in same] == [s["prediction"] for s in plain]
-    # items whose answer is the model's own prediction score 1, with or without annotator answers
-    echo = [vqa_item(it.question_id, it.image_path, it.question, s["prediction"] or "none", "x")
-            for it, s in zip(pool, plain, strict=True) if s["prediction"]]
+    # items whose answer is the model's own prediction (as the VQA metric normalises it) score 1, with or without
+    # annotator answers
+    echo = [vqa_item(it.question_id, it.image_path, it.question, normalize_answer(s["prediction"]), "x")
+            for it, s in zip(pool, plain, strict=True) if normalize_answer(s["prediction"])]
     assert echo, "the tiny model predicted nothing at all"
     echo = echo[:2] + [dataclasses.replace(e, answers=()) for e in echo[2:]]
     assert evaluate_vectors(model, processor, idle, echo, batch_size=4, max_new_tokens=3)["accuracy/x"] == 1.0
