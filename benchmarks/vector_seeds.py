@@ -5,7 +5,7 @@ Run: .venv/bin/python benchmarks/vector_seeds.py [--seeds 0 1 2] [--stages live 
 
 Needs the outputs of `make run` (data/ and models/base). For every seed it runs the real stages (`lmmops live`,
 `lmmops mimic`, `lmmops vector-baselines`, exactly as dvc.yaml does) in a scratch project that links to this
-project's data/ and models/base, with params.yaml's sections except `seed` (and its own MLflow store,
+project's data/ (and copies its models/base), with params.yaml's sections except `seed` (and its own MLflow store,
 checkpoints and ICL reference cache, so nothing of the project is touched). The seed draws the vectors'
 initialisation, the teacher's demonstrations, the baselines' prompts and LoRA's initialisation, and the
 16-shot ICL reference's demonstrations; data and base model are fixed. It prints, per task pool, the mean and
@@ -21,6 +21,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -48,9 +49,10 @@ def run_seed(seed: int, stages: list[str], scratch: Path) -> dict[str, dict[str,
     """Run `stages` with every seed key set to `seed` in a scratch project; return {stage: metrics}."""
     project = scratch / f"seed{seed}"
     (project / "models").mkdir(parents=True, exist_ok=True)
-    for link, target in (("data", ROOT / "data"), ("models/base", ROOT / "models" / "base")):
-        if not (project / link).exists():
-            (project / link).symlink_to(target)
+    if not (project / "data").exists():
+        (project / "data").symlink_to(ROOT / "data")
+    if not (project / "models" / "base").exists():  # a copy: MLflow's artifact logging does not follow links
+        shutil.copytree(ROOT / "models" / "base", project / "models" / "base")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     for stage in stages:
         params[stage]["seed"] = seed
