@@ -62,7 +62,8 @@ def run_seed(seed: int, stages: list[str], scratch: Path) -> dict[str, dict[str,
     for stage in stages:
         started = time.perf_counter()
         print(f"seed {seed}: lmmops {stage} ...", file=sys.stderr, flush=True)
-        subprocess.run([str(Path(sys.executable).parent / "lmmops"), stage], cwd=project, env=env, check=True)
+        subprocess.run([str(Path(sys.executable).parent / "lmmops"), stage], cwd=project, env=env, check=True,
+                       stdout=sys.stderr)  # the stage prints its metrics: keep stdout for the table
         out[stage] = json.loads((project / "metrics" / f"{stage}.json").read_text())
         print(f"seed {seed}: {stage} done in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
     return out
@@ -88,7 +89,8 @@ def table(results: dict[int, dict[str, dict[str, float]]], suffix: str) -> str:
             head, _, rest = family.partition("/")
             key = f"{head}{suffix}/{rest + '/' if rest else ''}{pool}"
             values = [r[stage][key] for r in results.values() if key in r.get(stage, {})]
-            cells.append(f"{mean_std(values)[0]:.1f} ± {mean_std(values)[1]:.1f}" if values else "-")
+            m, sd = mean_std([100 * v for v in values]) if values else (0.0, 0.0)
+            cells.append(f"{m:.1f} ± {sd:.1f}" if values else "-")
         lines.append(f"| {pool} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -98,7 +100,13 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "vector_seeds.json")
+    parser.add_argument("--from-json", type=Path, default=None, help="print the tables of an earlier --out file")
     args = parser.parse_args()
+    if args.from_json:
+        results = {int(s): r for s, r in json.loads(args.from_json.read_text()).items()}
+        args.seeds = sorted(results)
+        print_tables(results, args.seeds)
+        return
     for needed in ("data", "models/base"):
         if not (ROOT / needed).exists():
             sys.exit(f"{ROOT / needed} is missing: run `make run` first")
@@ -110,12 +118,16 @@ def main() -> None:
     tmp = args.out.with_suffix(".tmp")
     tmp.write_text(json.dumps({str(s): r for s, r in results.items()}, indent=1, sort_keys=True) + "\n")
     tmp.replace(args.out)
-    print(f"\nTest accuracy (%), mean ± sample standard deviation over seeds {args.seeds}")
+    print_tables(results, args.seeds)
+    print(f"\nper-seed metrics: {args.out}")
+
+
+def print_tables(results: dict[int, dict[str, dict[str, float]]], seeds: list[int]) -> None:
+    print(f"\nTest accuracy (%), mean ± sample standard deviation over seeds {seeds}")
     print(table(results, ""))
     if any("test_acc_nodup/mean" in r.get("live", {}) for r in results.values()):
-        print(f"\nWithout near-duplicates, seeds {args.seeds}")
+        print(f"\nWithout near-duplicates, seeds {seeds}")
         print(table(results, "_nodup"))
-    print(f"\nper-seed metrics: {args.out}")
 
 
 if __name__ == "__main__":
