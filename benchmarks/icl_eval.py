@@ -37,6 +37,7 @@ from pathlib import Path
 
 import torch
 
+from lmmops import tracking
 from lmmops.data.loaders import load_vqa
 from lmmops.icl.cache import DemoFeatureCache
 from lmmops.icl.embedders import ModelImageEmbedder
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no base model at {args.model}: run `make run` (or `lmmops bootstrap`) first", file=sys.stderr)
         return 2
 
-    model, processor = load_model(args.model)
+    model, processor = load_model(tracking.resolve_model_spec(args.model))
     support, queries = load_vqa(args.data, "train"), load_vqa(args.data, "test")[: args.queries]
     embedder = ModelImageEmbedder(model, processor, batch_size=64)
     t0 = time.perf_counter()

@@ -1,4 +1,4 @@
-"""Benchmark of the rule-based rewards (lmmops.rl.rewards): verification throughput and hostile inputs.
+"""Benchmark of the rule-based rewards (lmmops.eval.scoring): verification throughput and hostile inputs.
 
 Run: .venv/bin/python benchmarks/rewards.py [--prompts 12] [--samples 16] [--repeats 3]
 
@@ -20,9 +20,11 @@ import argparse
 import random
 import time
 
-from lmmops.rl.rewards import (
+from lmmops.eval.scoring import (
     RewardStats,
+    _guard,
     accuracy_reward,
+    answer_span,
     format_reward,
     shutdown_verifier,
     verify_batch,
@@ -73,8 +75,6 @@ def rollout_mix(prompts: int, samples: int, seed: int = 0) -> tuple[list[str], l
 def in_process(completions: list[str], answers: list[str]) -> list[float]:
     """The unsafe baseline: plain math-verify in this (main) thread, same extraction config."""
     from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
-
-    from lmmops.rl.rewards import _guard, answer_span
 
     config = [LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig()]
     out = []

@@ -7,7 +7,7 @@ hooks on Idefics2-8b on an H100, and aims at +3%). This script does both, in one
 
   1. kernel check: `attention_with_lse` on CUDA_EFFICIENT against EXPLICIT (float32; padding + causal masks,
      GQA, one-token decoding, fully masked rows), and whether the kernel ran or fell back;
-  2. exactness on the device: `check_shift_exactness` (PAPERS.md §2) for every tiny family, float32 on the GPU;
+  2. exactness on the device: `check_shift_exactness` (docs/methods.md §4) for every tiny family, float32 on the GPU;
   3. latency: `generate` of exactly `--new-tokens` tokens for zero-shot queries (one image + a question) on the
      architecture of `--config` (default: the repo's Idefics2-8b-base config, 32 layers x 4096) in `--dtype`,
      random weights: zero-shot, LIVE (the stages' forward hooks), LIVE with the shift compiled into one kernel

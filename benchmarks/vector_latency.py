@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from lmmops import tracking
 from lmmops.data.schemas import VQAItem
 from lmmops.icl.inference import ICLRunner
 from lmmops.models import ICLItem, adapter_for, load_model
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
 
     spec = args.model or ("models/base" if Path("models/base/config.json").is_file() else "tiny:llava")
-    model, processor = load_model(spec, device=args.device)
+    model, processor = load_model(tracking.resolve_model_spec(spec), device=args.device)
     tmp = tempfile.TemporaryDirectory(prefix="lmmops-bench-")
     if (args.data / "vqa").is_dir():
         from lmmops.data.loaders import load_vqa

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from lmmops.config import (
     STAGE_CONFIGS,
@@ -83,10 +87,70 @@ def test_unknown_section_and_missing_file(tmp_path: Path):
         load_stage_config("generate", tmp_path / "nope.yaml")
 
 
+REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
+
+
 def test_every_stage_loads_from_the_repo_params():
-    repo_params = Path(__file__).resolve().parents[1] / "params.yaml"
     for stage, cls in STAGE_CONFIGS.items():
-        assert isinstance(load_stage_config(stage, repo_params), cls)
+        assert isinstance(load_stage_config(stage, REPO_PARAMS), cls)
+
+
+def _plain(value: Any) -> Any:
+    """Values as params.yaml holds them: tuples as lists, dataclasses as mappings."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
+
+
+def _default_problems(cls: type, section: dict[str, Any], key: str) -> list[str]:
+    """Every field of `cls` (recursively into nested sections) that has a default other than params.yaml's value
+    (`section`), or a default and no key in params.yaml; each problem names the dotted key."""
+    problems = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        name, default = f"{key}.{f.name}", _default(f)
+        if f.name not in section:
+            if default is not dataclasses.MISSING:
+                problems.append(f"{name}: has a default ({default!r}) but no key in params.yaml")
+            continue
+        value = section[f.name]
+        if dataclasses.is_dataclass(hints[f.name]) and isinstance(value, dict):
+            problems += _default_problems(hints[f.name], value, name)  # the nested section's own defaults ...
+            if default is not dataclasses.MISSING:  # ... and the whole section's default (a default_factory)
+                problems += [f"{name}.{k}: the section's default has {v!r}, params.yaml {value[k]!r}"
+                             for k, v in _plain(default).items() if k in value and v != _plain(value[k])]
+        elif default is not dataclasses.MISSING and _plain(default) != _plain(value):
+            problems.append(f"{name}: default {default!r}, params.yaml {value!r}")
+    return problems
+
+
+@pytest.mark.parametrize("stage", list(STAGE_CONFIGS))
+def test_config_defaults_are_the_params_yaml_values(stage: str):
+    """params.yaml is the one place values live: a stage config field has no default or params.yaml's value,
+    and every field with a default has its key in params.yaml (a default cannot hide a value)."""
+    section = yaml.safe_load(REPO_PARAMS.read_text()).get(stage) or {}
+    problems = _default_problems(STAGE_CONFIGS[stage], section, stage)
+    assert not problems, "config.py defaults that are not params.yaml's:\n" + "\n".join(problems)
+
+
+def test_default_check_names_the_dotted_key():
+    assert _default_problems(Outer, {"name": "a", "lr": 0.1, "flag": False, "mode": None,
+                                     "inner": {"n": 1, "sizes": [1, 2]}}, "s") == []
+    problems = _default_problems(Outer, {"name": "a", "lr": 0.2, "flag": False, "inner": {"n": 1, "sizes": [1, 3]}},
+                                 "s")
+    assert problems == ["s.lr: default 0.1, params.yaml 0.2", "s.mode: has a default (None) but no key in params.yaml",
+                        "s.inner.sizes: default (1, 2), params.yaml [1, 3]",
+                        "s.inner.sizes: the section's default has [1, 2], params.yaml [1, 3]"]
 
 
 def test_params_hash_is_stable_and_sensitive():

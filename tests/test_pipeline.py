@@ -9,46 +9,35 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
-from testutil import git
+from testutil import TINY, git, merged
 
-pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
-# Small sizes: the point here is the wiring, not the data.
-TINY_PARAMS = {
-    "generate": {
-        "seed": 0,
-        "out_dir": "data",
-        "vqa": {"train": 60, "val": 20, "test": 20},
-        "deepscaler": {"train": 20, "test": 10},
-        "multimodal": {"multimath_train": 6, "multimath_test": 4, "geo_train": 6, "geo_test": 4,
-                       "perce_reason_train": 6, "perce_reason_test": 4},
-        "sokoban": {"train": 4, "test": 2},
-    },
-    # Every stage that trains needs a tiny override here, or this test trains at full size.
-    "bootstrap": {
-        "text_hidden": 32, "text_layers": 1, "text_heads": 2, "text_kv_heads": 1, "text_intermediate": 64,
-        "vision_hidden": 16, "vision_layers": 1, "vision_heads": 1, "vision_intermediate": 32,
-        "steps": 10, "batch_size": 4, "warmup_steps": 2, "max_shots": 2, "vqa_pack": 2,
-        "long_icl_rows": 1, "long_max_shots": 4,
-        "checkpoint_every": 5, "log_every": 5, "eval_shots": [0, 1], "eval_repeats": 1, "eval_max_new_tokens": 8,
-    },
-    "index": {"batch_size": 16},
-    "icl-eval": {"max_queries": 6, "strategies": ["zero-shot", "RS", "SI", "SQ", "SQA"], "shots": [1, 2],
-                 "manipulations": ["wrong_answer"], "analysis_shots": 2, "max_new_tokens": 3},
-    **{method: {"tasks": ["icl/colour/en", "vqa"], "shots": 2, "steps": 2, "batch_size": 4, "selection_rounds": 2,
-                "eval_batch_size": 16, "max_new_tokens": 3, "latency_repeats": 1, "log_every": 1}
-       for method in ("live", "mimic")},
-    "vector-baselines": {"tasks": ["icl/colour/en", "vqa"], "shots": 2, "max_new_tokens": 3,
-                         "lora": {"epochs": 1, "batch_size": 8}, "task_vector": {"prompts": 4},
-                         "function_vector": {"prompts": 4, "corrupted_prompts": 2, "heads": 2},
-                         "icv": {"pairs": 4, "strengths": [0.1]}},
-}
+
+def tiny_params(params: dict[str, Any]) -> dict[str, Any]:
+    """params.yaml at test size: every stage section of this tree with testutil.TINY's keys over it (the point here
+    is the wiring, not the data)."""
+    return {section: merged(values, TINY.get(section, {})) for section, values in params.items()}
+
+
+def test_tiny_params_are_test_size():
+    """No stage of the test pipeline makes or trains on default-size data (e.g. bootstrap's 40,000 generated
+    reasoning rows, 1,440 steps, 1,700 VQA test items, 144 LIVE steps, spawned workers)."""
+    tiny = tiny_params(yaml.safe_load((REPO / "params.yaml").read_text()))
+    counts = {f"{family}.{key}": n for family, section in tiny["generate"].items() if isinstance(section, dict)
+              for key, n in section.items() if key.split("_")[-1] in ("train", "val", "test")}
+    assert counts and max(counts.values()) <= 60, counts
+    assert tiny["bootstrap"]["extra_reasoning_rows"] == 0 and tiny["bootstrap"]["steps"] <= 10
+    assert tiny["icl-eval"]["max_queries"] <= 8
+    for stage in ("live", "mimic"):
+        assert tiny[stage]["train"]["steps"] <= 4 and tiny[stage]["workers"] == 1, stage
+    assert tiny["vector-baselines"]["workers"] == 1 and tiny["vector-baselines"]["lora"]["epochs"] == 1
 
 
 def _copy_working_tree(dst: Path) -> None:
@@ -72,10 +61,7 @@ def fresh_clone(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("clone") / "lmmops"
     root.mkdir()
     _copy_working_tree(root)
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    for section, values in TINY_PARAMS.items():
-        if section in params:  # stages that exist in this tree
-            params[section] = {**params[section], **values}
+    params = tiny_params(yaml.safe_load((root / "params.yaml").read_text()))
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for p in ("data", "data.dvc", "dvc.lock", "metrics", "reports", "models", "checkpoints", "mlflow/mlflow.db",
               "mlflow/artifacts"):
@@ -87,6 +73,7 @@ def fresh_clone(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_make_run_steps_then_noop(fresh_clone: Path):
     root = fresh_clone
     first = _run(root, "lmmops", "ensure-data")
@@ -124,6 +111,7 @@ def test_make_run_steps_then_noop(fresh_clone: Path):
     assert "validate" in table.stdout and "make ui" in table.stdout
 
 
+@pytest.mark.slow
 def test_changed_data_rebuilds_the_index(fresh_clone: Path):
     """A stale index is never reused: new data (one image changed) makes `dvc repro` rebuild it."""
     from PIL import Image
@@ -142,9 +130,10 @@ def test_changed_data_rebuilds_the_index(fresh_clone: Path):
     assert json.loads((root / "models/index/index.json").read_text())["data_version"] == md5
 
 
+@pytest.mark.slow
 def test_corrupt_row_stops_validate_with_a_named_row(fresh_clone: Path):
     root = fresh_clone
-    rows_file = next((root / "data").rglob("*.jsonl"))
+    rows_file = next(p for p in sorted((root / "data").rglob("*.jsonl")) if len(p.read_text().splitlines()) > 1)
     lines = rows_file.read_text().splitlines()
     row = json.loads(lines[1])
     field = "answer" if "answer" in row else next(iter(row))

@@ -103,6 +103,32 @@ def test_registry_aliases_and_promotion(project: Path, tmp_path: Path):
     assert (local / "weights.txt").read_text() == "w2"
 
 
+def test_resolve_model_spec_gives_the_checkpoint_directory(project: Path, tmp_path: Path):
+    """models:/ and runs:/ URIs become the local save_pretrained directory that load_model takes."""
+    flat, nested, empty = tmp_path / "flat", tmp_path / "nested" / "artifacts" / "model", tmp_path / "empty"
+    for path in (flat, nested, empty / "bundle"):
+        path.mkdir(parents=True)
+    (flat / "config.json").write_text('{"model_type": "llava"}')
+    (nested / "config.json").write_text('{"model_type": "qwen2_vl"}')
+    (empty / "bundle" / "vectors.txt").write_text("v")
+    with tracking.stage_run("echo", root=project, params={}, params_hash="h") as run:
+        uris = {k: tracking.log_model_dir(run, p, k) for k, p in
+                (("flat", flat), ("nested", tmp_path / "nested"), ("empty", empty))}
+    version = tracking.register_model(uris["flat"], "lmmops-resolve")
+    tracking.set_alias("lmmops-resolve", "champion", version)
+    for uri in ("models:/lmmops-resolve@champion", f"models:/lmmops-resolve/{version}", uris["flat"]):
+        local = Path(tracking.resolve_model_spec(uri))
+        assert (local / "config.json").read_text() == '{"model_type": "llava"}', uri
+    # A tree with the checkpoint one level down (e.g. a pyfunc model's artifacts/) gives that directory.
+    assert (Path(tracking.resolve_model_spec(uris["nested"])) / "config.json").read_text() == \
+        '{"model_type": "qwen2_vl"}'
+    with pytest.raises(FileNotFoundError, match=uris["empty"]):
+        tracking.resolve_model_spec(uris["empty"])
+    # Specs that are no URI come back unchanged (a Windows drive is no scheme).
+    for spec in ("tiny:llava", "models/base", str(flat), "C:/models/base", "models/x/model.gguf"):
+        assert tracking.resolve_model_spec(spec) == spec
+
+
 def test_report_json(project: Path, echo_stage, capsys):
     from lmmops.report import print_report
 

@@ -18,7 +18,14 @@ import logging
 import sys
 from pathlib import Path
 
+from lmmops.config import ConfigError, load_stage_config
 from lmmops.env import configure_environment, find_root
+from lmmops.stages import STAGES, StageFailed, run_stage
+from lmmops.storage.dvc import DvcError, ensure_data
+
+# `lmmops.report` (mlflow, ~1.5 s) and `lmmops.vectors.params` (torch, transformers, ~5 s) are imported inside the
+# commands that use them, so that `lmmops --help` and the other commands start at once; a stage's own modules
+# are imported by run_stage when it runs.
 
 EPILOG = """\
 The whole pipeline: `dvc repro` (or `make run`), which calls these stage commands in dvc.yaml's order;
@@ -26,8 +33,6 @@ the same stages run as Prefect flows (flows/pipeline.py). Results: `lmmops repor
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from lmmops.stages import STAGES
-
     parser = argparse.ArgumentParser(
         prog="lmmops",
         description="lmmops: reproducible ICL, in-context vectors and rule-based RL for multimodal models.",
@@ -77,14 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
 
-    from lmmops.config import ConfigError
-    from lmmops.stages import STAGES, StageFailed, run_stage
-    from lmmops.storage.dvc import DvcError
-
     try:
         if args.command in STAGES:
-            from lmmops.config import load_stage_config
-
             params = args.params or root / "params.yaml"
             cfg = load_stage_config(args.command, params)
             metrics = run_stage(args.command, cfg, root=root)
@@ -95,8 +94,6 @@ def main(argv: list[str] | None = None) -> int:
 
             return print_report(root, as_json=args.json)
         if args.command == "ensure-data":
-            from lmmops.storage.dvc import ensure_data
-
             print(ensure_data(root))
             return 0
         if args.command == "ui":

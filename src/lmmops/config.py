@@ -1,3 +1,4 @@
+# Over 500 lines: every stage's typed config in one schema file, read top to bottom beside params.yaml.
 """Typed configuration: one frozen dataclass per pipeline stage, read from its section of params.yaml.
 
 How to use:
@@ -6,7 +7,9 @@ How to use:
 Every stage reads only its own section. Unknown keys, missing required keys and values of the wrong
 type are errors that name the key (as a dotted path) and the file, so a typo in params.yaml never
 silently falls back to a default. Library code receives these objects explicitly and reads no files or
-environment variables for configuration (DESIGN.md, convention 3).
+environment variables for configuration (docs/design.md).
+params.yaml is the one place values live: a field has no default or params.yaml's value
+(tests/test_config.py checks every key).
 
 Adding a stage: define its dataclass here and add it to STAGE_CONFIGS.
 """
@@ -41,7 +44,7 @@ class VQAGenConfig:
 
     train: int = 1200
     val: int = 200
-    test: int = 200
+    test: int = 1700
     image_size: int = 32
     # Share of each split that belongs to the ICL task families (answer rule identifiable only from
     # demonstrations); the rest are ordinary VQA questions with 10 disagreeing annotators.
@@ -148,25 +151,18 @@ class BootstrapConfig:
     multimodal_reasoning_share: float = 0.03125
     describe_share: float = 0.0625  # attribute questions on the ICL images (direct vision supervision)
     max_shots: int = 8  # demonstrations per ICL training episode
-    # freshly rendered items per ICL task added to the train pools (the data layer's generator, own seed), so
-    # that the answers cannot be learnt per image and only the demonstrations tell the task
-    extra_icl_items: int = 0
-    # share of the ICL episodes whose images come from every task's train items, each answered by the episode's
-    # task (its rule on the image's scene): an image then no longer tells its task, only the demonstrations do
-    shared_icl_images: float = 0.0
-    shared_icl_from_step: int = 0  # ... from this step on (before it, every episode draws its task's own images)
     # long ICL episodes: each takes the place of long_max_shots // max_shots ordinary ones (the same number of
     # answers) and is forwarded as a second sub-batch, so the short rows are not padded to its width
-    long_icl_rows: int = 0
+    long_icl_rows: int = 2
     long_max_shots: int = 16
     vqa_pack: int = 6  # ordinary VQA questions packed into one row
     reasoning_pack: int = 1  # reasoning examples (text or multimodal) packed into one row
-    icl_loss_weight: float = 2.0  # weight of the ICL episodes' loss against each other group's (weight 1)
+    icl_loss_weight: float = 2.5  # weight of the ICL episodes' loss against each other group's (weight 1)
     # extra text reasoning rows drawn from the DeepScaler generator (fresh seed, test problems excluded)
     extra_reasoning_rows: int = 40000
     extra_reasoning_levels: tuple[int, ...] = (1, 2, 1, 2, 1, 2, 3, 4, 5)  # DeepScaler levels of those rows, in turn
     # arithmetic drill rows: equations of the generator's traces ("so 8 + 7 = 15."), loss on the results only
-    arithmetic_drill_share: float = 0.0  # share of the rows of a batch (taken from the text reasoning rows)
+    arithmetic_drill_share: float = 0.0625  # share of the rows of a batch (taken from the text reasoning rows)
     arithmetic_drill_pack: int = 12  # equations per drill row (~135 tokens: no wider than an ICL episode)
     arithmetic_drill_levels: tuple[int, ...] = (1, 2)  # DeepScaler levels whose trace equations are drilled
     # bookkeeping
@@ -174,13 +170,13 @@ class BootstrapConfig:
     log_every: int = 10
     threads: int = 2
     # evaluation (held-out test splits)
-    eval_shots: tuple[int, ...] = (0, 1, 2, 4, 8)
-    eval_repeats: int = 8  # demo draws per ICL test query
+    eval_shots: tuple[int, ...] = (0, 1, 2, 4, 8, 16)
+    eval_repeats: int = 1  # demo draws per ICL test query
     eval_max_new_tokens: int = 96
 
 
 # ----------------------------------------------------------------------------------------------------
-# index / icl-eval (configuring the in-context sequence, PAPERS.md §1)
+# index / icl-eval (configuring the in-context sequence, docs/methods.md §1)
 
 
 @dataclass(frozen=True)
@@ -208,7 +204,7 @@ class ICLEvalConfig:
     index_dir: str = "models/index"  # built by the index stage (checked against data version and model)
     out_dir: str = "reports/icl_eval"
     query_split: str = "test"
-    max_queries: int = 0  # 0 = every query of the split
+    max_queries: int = 600  # 0 = every query of the split
     # "task": each query's demonstrations come from the support items of its own task (ICL task family, or
     # the ordinary VQA questions), as when each task is its own dataset; "none": the whole support set.
     pool_by: Literal["task", "none"] = "task"
@@ -228,35 +224,94 @@ class ICLEvalConfig:
 
 
 # ----------------------------------------------------------------------------------------------------
-# live / mimic (in-context vectors distilled from the k-shot ICL teacher, PAPERS.md §3-4; lmmops.vectors)
+# icl-reference (the test-split k-shot ICL reference of live / mimic; lmmops.vectors.icl_reference)
 
 
 @dataclass(frozen=True)
-class VectorStageConfig:
-    """One vector set per task pool, selected on val, tested once, bundled and registered (lmmops.vectors.stage_lib).
-
-    LiveStageConfig and MimicStageConfig fix the method and the output names; the training fields are passed to
-    lmmops.vectors.train.DistillConfig (`steps` per pool; `lr` None: the paper's default for the method)."""
+class IclReferenceConfig:
+    """Per task pool, each test query answered with `shots` random demos from the pool's train items, under
+    `icl_draws` independent draws, scored by its mean over them: the reference live and mimic read (and check:
+    the same model, pools, test items, shots and decoding as theirs)."""
 
     data_dir: str = "data"
     model: str = "models/base"
-    out_dir: str = "models/vectors"  # the bundle: every pool's vector file + manifest.json (a DVC output)
-    report_dir: str = "reports/vectors"  # results.md / results.json
-    checkpoint_dir: str = "checkpoints/vectors"  # resumable distill state, one sub-directory per run key
-    registered_name: str = "lmmops-vectors"
+    out_dir: str = "reports/icl_reference"  # manifest.json + pools/<pool>.json (a DVC output)
+    # Pools as live.tasks / mimic.tasks (a superset will do); empty = every ICL task of the train split, then "vqa".
+    tasks: tuple[str, ...] = ()
+    shots: int = 16  # demos per test query (without replacement, never the query): live's and mimic's `shots`
+    # Independent demo draws per test query, each query scored by its mean over them (one draw adds the draw's
+    # own variance to a small pool's accuracy).
+    icl_draws: int = 1
+    seed: int = 0  # of the demo draws
+    instruction: str | None = None  # decoding: as live / mimic (checked by them)
+    eval_batch_size: int = 64
+    max_new_tokens: int = 8
+    num_beams: int = 1  # 1 = greedy; > 1 = beam search (lmmops.icl.inference)
+    answer_cut: tuple[str, ...] = ()  # regexes: the answer is cut before the first match of any; () = no cut
+    threads: int = 1
+
+
+# ----------------------------------------------------------------------------------------------------
+# live / mimic (in-context vectors distilled from the k-shot ICL teacher, docs/methods.md §5-6; lmmops.vectors)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DistillSettings:
+    """How each pool's vector set is trained (lmmops.vectors.train.distill): the `train:` sub-section of `live:` and
+    `mimic:`. `steps` and `lr` differ per method: LiveDistillSettings and MimicDistillSettings set them."""
+
+    steps: int  # optimiser steps per pool
+    batch_size: int = 8  # queries per optimiser step (the effective batch)
+    micro_batch_size: int | None = None  # queries per forward (gradient accumulation); None: the whole batch
+    lr: float | None  # LIVE: of the vectors V; MimIC: of every parameter. None: the paper's (train.DEFAULT_LR)
+    weight_decay: float = 1e-3  # AdamW weight decay (MimIC: not on the biases b)
+    warmup_share: float = 0.1  # share of the steps with a linear warm-up; cosine decay after it
+    max_grad_norm: float = 1.0  # gradient clipping: largest L2 norm of the vectors' gradient
+    lm_weight: float = 0.5  # weight of the LM loss on the answer, beside the distillation loss (weight 1)
+    checkpoint_every: int = 50  # steps between resumable checkpoints
+    log_every: int = 5  # steps between logged training metrics
+
+    method: ClassVar[str] = ""  # "live" | "mimic", set by the subclass (not a params.yaml key)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LiveDistillSettings(DistillSettings):
+    """LIVE's training settings: V and alpha have learning rates of their own."""
+
+    steps: int = 144
+    lr: float | None = 0.05
+    alpha_lr: float = 0.1  # learning rate of the per-layer scales alpha
+    method: ClassVar[str] = "live"
+
+
+@dataclass(frozen=True, kw_only=True)
+class MimicDistillSettings(DistillSettings):
+    """MimIC's training settings."""
+
+    steps: int = 36
+    lr: float | None = 0.2
+    method: ClassVar[str] = "mimic"
+
+
+@dataclass(frozen=True, kw_only=True)
+class VectorStageConfig:
+    """One vector set per task pool, selected on val, tested once, bundled and registered (lmmops.stages.vectors).
+
+    LiveStageConfig and MimicStageConfig fix the method, the output names and the training settings' type; `train`
+    goes to lmmops.vectors.train.DistillConfig as it is."""
+
+    data_dir: str = "data"
+    model: str = "models/base"
+    out_dir: str  # the bundle: every pool's vector file + manifest.json (a DVC output)
+    report_dir: str  # results.md / results.json
+    checkpoint_dir: str  # resumable distill state, one sub-directory per run key
+    registered_name: str
     base_registered_name: str = "lmmops-base"  # the base model's registered name (matched by its weights)
     # Pools: ICL task names ("icl/colour/en", ...) and/or "vqa" (the ordinary, non-ICL questions);
     # empty = every ICL task of the train split, then "vqa".
     tasks: tuple[str, ...] = ()
     shots: int = 16  # teacher demos (random, with replacement, from the query's pool) and the k of k-shot ICL
-    steps: int = 30  # optimiser steps per pool
-    batch_size: int = 16
-    micro_batch_size: int | None = None
-    lr: float | None = None
-    weight_decay: float = 1e-3
-    warmup_share: float = 0.1
-    max_grad_norm: float = 1.0
-    lm_weight: float = 0.5
+    train: DistillSettings  # how each pool's vectors are trained: the `train:` sub-section
     selection_rounds: int = 3  # val accuracy after each of this many equal segments; the best segment end is kept
     instruction: str | None = None  # the same at training and inference
     eval_batch_size: int = 64
@@ -264,50 +319,46 @@ class VectorStageConfig:
     num_beams: int = 1  # 1 = greedy; > 1 = beam search (lmmops.icl.inference)
     answer_cut: tuple[str, ...] = ()  # regexes: the answer is cut before the first match of any; () = no cut
     latency_repeats: int = 3  # generation timings: best of this many
-    # Test-split k-shot ICL (the reference the vectors are compared with): independent demo draws per query,
-    # each query scored by its mean over them (one draw adds the draw's own variance to a ~27-item pool).
-    icl_draws: int = 4
-    # Where that reference is kept per pool, keyed by model, items, draws and code, so that the other vector stage
-    # reads it instead of scoring it again (None: always scored).
-    icl_reference_dir: str | None = "checkpoints/icl_reference"
+    # The test-split k-shot ICL reference the vectors are compared with: the icl-reference stage's output (checked
+    # against this stage's model, pools, test items, shots and decoding).
+    icl_reference: str = "reports/icl_reference"
     promote_margin: float = 0.0  # champion moves when the new mean val accuracy >= champion's + this
     seed: int = 0
-    log_every: int = 5
-    checkpoint_every: int = 50
     threads: int = 1
     # Pools trained at once in spawned processes (CPU without DeepSpeed only; same vectors as 1): each pool's
     # single-threaded steps leave the other cores idle otherwise. Each worker holds its own copy of the base model.
-    workers: int = 1
+    workers: int = 2
     deepspeed: str | None = None  # DeepSpeed JSON config for distill (infra/deepspeed/zero2.json); None: plain
 
     method: ClassVar[str] = ""  # "live" | "mimic", set by the subclass (not a params.yaml key)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class LiveStageConfig(VectorStageConfig):
-    """LIVE (PAPERS.md §3): per-layer vectors and alpha; KL on the answer + 0.5 LM."""
+    """LIVE (docs/methods.md §5): per-layer vectors and alpha; KL on the answer + 0.5 LM."""
 
     out_dir: str = "models/live"
     report_dir: str = "reports/live"
     checkpoint_dir: str = "checkpoints/live"
     registered_name: str = "lmmops-live"
-    alpha_lr: float = 1e-2
+    train: LiveDistillSettings = field(default_factory=LiveDistillSettings)
     method: ClassVar[str] = "live"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class MimicStageConfig(VectorStageConfig):
-    """MimIC (PAPERS.md §4): per-head shifts before o_proj; hidden-state MSE over all layers + 0.5 LM."""
+    """MimIC (docs/methods.md §6): per-head shifts before o_proj; hidden-state MSE over all layers + 0.5 LM."""
 
     out_dir: str = "models/mimic"
     report_dir: str = "reports/mimic"
     checkpoint_dir: str = "checkpoints/mimic"
     registered_name: str = "lmmops-mimic"
+    train: MimicDistillSettings = field(default_factory=MimicDistillSettings)
     method: ClassVar[str] = "mimic"
 
 
 # ----------------------------------------------------------------------------------------------------
-# vector-baselines (the baselines of LIVE / MimIC: LoRA, task vector, function vector, ICV; PAPERS.md §4)
+# vector-baselines (the baselines of LIVE / MimIC: LoRA, task vector, function vector, ICV; docs/methods.md §7)
 
 BaselineName = Literal["lora", "task_vector", "function_vector", "icv"]
 LoraScope = Literal["all_qkvo", "decoder_self_attn"]
@@ -379,7 +430,7 @@ class VectorBaselinesConfig:
     answer_cut: tuple[str, ...] = ()  # regexes: the answer is cut before the first match of any; () = no cut
     latency_repeats: int = 2  # timed test generations per (pool, method); latency_rel uses the best
     threads: int = 1
-    workers: int = 1  # pools fitted at once in that many processes (CPU only; the same results as 1)
+    workers: int = 2  # pools fitted at once in that many processes (CPU only; the same results as 1)
     lora: LoraBaselineConfig = field(default_factory=LoraBaselineConfig)
     task_vector: TaskVectorConfig = field(default_factory=TaskVectorConfig)
     function_vector: FunctionVectorConfig = field(default_factory=FunctionVectorConfig)
@@ -392,6 +443,7 @@ STAGE_CONFIGS: dict[str, type] = {
     "bootstrap": BootstrapConfig,
     "index": IndexConfig,
     "icl-eval": ICLEvalConfig,
+    "icl-reference": IclReferenceConfig,
     "live": LiveStageConfig,
     "mimic": MimicStageConfig,
     "vector-baselines": VectorBaselinesConfig,

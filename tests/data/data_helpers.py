@@ -6,24 +6,19 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from lmmops.config import (
-    GenerateConfig,
-    MathGenConfig,
-    MultimodalMathGenConfig,
-    SokobanGenConfig,
-    VQAGenConfig,
-)
+from testutil import tiny_config
 
 SAMPLES = Path(__file__).parent / "samples"
 
-SMALL = GenerateConfig(
+# Larger than the other tests' tiny data: every family and Sokoban size has a few rows, a fifth near-duplicates.
+SMALL = tiny_config(
+    "generate",
     seed=3,
-    out_dir="data",
-    vqa=VQAGenConfig(train=120, val=30, test=30, near_duplicate_share=0.2),
-    deepscaler=MathGenConfig(train=10, test=5),
-    multimodal=MultimodalMathGenConfig(multimath_train=6, multimath_test=3, geo_train=8, geo_test=4,
-                                       perce_reason_train=6, perce_reason_test=3),
-    sokoban=SokobanGenConfig(train=4, test=2),
+    vqa={"train": 120, "val": 30, "test": 30, "near_duplicate_share": 0.2},
+    deepscaler={"train": 10, "test": 5},
+    multimodal={"multimath_train": 6, "multimath_test": 3, "geo_train": 8, "geo_test": 4, "perce_reason_train": 6,
+                "perce_reason_test": 3},
+    sokoban={"train": 4, "test": 2, "sizes": [6, 7], "num_boxes": [1, 2]},
 )
 
 

@@ -31,7 +31,7 @@ from lmmops.data import (
 )
 from lmmops.data import generate as generate_module
 from lmmops.data.synthetic.scenes import COLOUR_RGB, COLOURS, POSITIONS, SHAPES
-from lmmops.rl.rewards import format_reward
+from lmmops.eval.scoring import format_reward
 
 
 def test_same_config_gives_byte_identical_trees(tmp_path: Path, generated: tuple[Path, dict]) -> None:

@@ -24,7 +24,7 @@ from lmmops.data import (
 )
 from lmmops.data.loaders import vqa_files
 from lmmops.data.validation import validate_family
-from lmmops.rl.sokoban import solve
+from lmmops.eval.sokoban import solve
 
 # ----------------------------------------------------------------------------------------------------
 # hand-written samples in the public layouts

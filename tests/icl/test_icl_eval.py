@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -33,17 +34,19 @@ from lmmops.icl.inference import (
 )
 from lmmops.icl.retrieval import Retriever
 
-from testutil import tiny_project
+from testutil import tiny_config
 
 torch.set_num_threads(1)
 
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Generated test-size data and a saved test-size LLaVA (2 training steps) with its word tokenizer."""
+def workspace(workspace: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the shared tiny project (conftest `workspace`: test-size data and LLaVA, 2 training steps, with
+    its word tokenizer) of this module's own: test_stale_index_fails_before_generation edits its data."""
     root = tmp_path_factory.mktemp("icl")
-    return tiny_project(root, vqa=(60, 4, 16))
+    shutil.copytree(workspace, root, dirs_exist_ok=True)
+    return root
 
 
 @pytest.fixture(scope="module")
@@ -316,12 +319,8 @@ def test_plan_errors_come_before_any_generation(loaded: tuple) -> None:
 
 
 def _stage_configs(workspace: Path) -> tuple[IndexConfig, ICLEvalConfig]:
-    index = IndexConfig(data_dir=str(workspace / "data"), model=str(workspace / "model"), batch_size=16, threads=1)
-    evaluation = ICLEvalConfig(data_dir=str(workspace / "data"), model=str(workspace / "model"), max_queries=8,
-                               strategies=("zero-shot", "RS", "SI", "SQ", "SQA", "SQA-pseudo", "mixed"),
-                               shots=(1, 2), manipulations=("wrong_answer", "reverse"), analysis_shots=2,
-                               batch_size=8, max_new_tokens=3, threads=1)
-    return index, evaluation
+    paths = {"data_dir": str(workspace / "data"), "model": str(workspace / "model")}
+    return tiny_config("index", **paths), tiny_config("icl-eval", **paths)
 
 
 def test_index_and_icl_eval_stages(workspace: Path, project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -419,8 +418,6 @@ def test_pooled_retrieval_keeps_demos_in_the_query_task(loaded: tuple) -> None:
 
 
 def test_model_fingerprint_ignores_where_the_model_was_loaded_from(workspace: Path, tmp_path: Path) -> None:
-    import shutil
-
     from lmmops.models import load_model
 
     shutil.copytree(workspace / "model", tmp_path / "elsewhere")

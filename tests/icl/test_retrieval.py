@@ -25,6 +25,7 @@ from lmmops.icl.embedders import (
     l2_normalize,
 )
 from lmmops.icl.retrieval import STRATEGIES, Retriever, _interleave, qa_text, retrieve
+from lmmops.models.adapters import image_feature_families
 
 torch.set_num_threads(1)
 
@@ -129,7 +130,7 @@ def test_pixel_embedder_is_deterministic_and_duplicates_have_cosine_one(tmp_path
     np.testing.assert_array_equal(v[0], v[3])
 
 
-@pytest.mark.parametrize("family", ModelImageEmbedder.SUPPORTED_FAMILIES)
+@pytest.mark.parametrize("family", image_feature_families())
 def test_model_image_embedder_pools_the_lmm_vision_features(tmp_path: Path, family: str) -> None:
     from lmmops.models import build_tiny
 
@@ -148,7 +149,7 @@ def test_model_image_embedder_names_supported_families() -> None:
     from lmmops.models import build_tiny
 
     model, tokenizer = build_tiny("llama")
-    with pytest.raises(ValueError, match=r"supports the families llava, idefics2.*got 'llama'"):
+    with pytest.raises(ValueError, match=r"families idefics2, idefics3, llava, qwen2_vl, qwen2_5_vl; got 'llama'"):
         ModelImageEmbedder(model, tokenizer)
     model, processor = build_tiny("idefics")
     with pytest.raises(ValueError, match=r"supports the families .*got 'idefics'"):

@@ -1,12 +1,9 @@
-"""Tests of lmmops.models.loading: save_pretrained round trips, GGUF, MLflow URIs, clear errors."""
+"""Tests of lmmops.models.loading: save_pretrained round trips, GGUF, URIs refused, clear errors."""
 
 from __future__ import annotations
 
 import json
 import re
-import shutil
-import sys
-import types
 from pathlib import Path
 
 import gguf
@@ -127,35 +124,13 @@ def test_unsupported_class_names_it_and_lists_families(tmp_path):
     assert isinstance(err.value, ModelLoadError) and isinstance(err.value, ValueError)
 
 
-def test_mlflow_uri_goes_through_lmmops_tracking(save_tiny, monkeypatch, tmp_path):
-    _family, model, _processor, path = save_tiny("qwen2_vl")
-    calls: list[str] = []
-
-    def download_artifacts(uri: str) -> Path:
-        calls.append(uri)
-        return path
-
-    fake = types.ModuleType("lmmops.tracking")
-    fake.download_artifacts = download_artifacts  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "lmmops.tracking", fake)
-    loaded, _ = load_model("models:/tiny-qwen@champion")
-    assert calls == ["models:/tiny-qwen@champion"]
-    assert_same_weights(model, loaded)
-    load_model("runs:/0123abcd/model")
-    assert calls[-1] == "runs:/0123abcd/model"
-    # An artifact tree with the checkpoint one level down (e.g. a pyfunc model's artifacts/) also loads.
-    shutil.copytree(path, tmp_path / "artifacts" / "model")
-    monkeypatch.setattr(fake, "download_artifacts", lambda uri: tmp_path)
-    nested, _ = load_model("models:/tiny-qwen/3")
-    assert_same_weights(model, nested)
-
-
-def test_mlflow_uri_errors_name_the_uri(tmp_path, monkeypatch):
-    fake = types.ModuleType("lmmops.tracking")
-    fake.download_artifacts = lambda uri: tmp_path  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "lmmops.tracking", fake)
-    with pytest.raises(ModelLoadError, match="models:/broken@champion"):
-        load_model("models:/broken@champion")
+@pytest.mark.parametrize("uri", ["models:/tiny-qwen@champion", "models:/tiny-qwen/3", "runs:/0123abcd/model",
+                                 "s3://bucket/model"])
+def test_uris_are_refused_with_a_pointer_to_the_resolver(uri):
+    """lmmops.models resolves no registry URIs: the caller downloads them (lmmops.tracking.resolve_model_spec)."""
+    with pytest.raises(ModelLoadError, match="resolve_model_spec") as err:
+        load_model(uri)
+    assert uri in str(err.value)
 
 
 def write_llama_gguf(model: torch.nn.Module, tokenizer, path: Path) -> None:

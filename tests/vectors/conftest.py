@@ -1,4 +1,5 @@
-"""Test setup for lmmops.vectors: offline hub, quiet transformers, one torch thread. Helpers: `vectorutil.py`.
+"""Test setup for lmmops.vectors: one torch thread (tests/conftest.py: offline hub, quiet transformers).
+Helpers: `vectorutil.py`, tests/testutil.py.
 
 Tiny-model forwards are far too small to gain from intra-op threads, and on a shared 2-core machine the
 threads' spin-waiting made this folder 10x slower; each test here runs with one thread (restored after).
@@ -7,11 +8,6 @@ Run: `python -m pytest tests/vectors -q`.
 """
 
 from __future__ import annotations
-
-import os
-
-os.environ["HF_HUB_OFFLINE"] = "1"  # nothing is downloaded, ever
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from collections.abc import Iterator
 

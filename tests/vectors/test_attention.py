@@ -7,10 +7,12 @@ import math
 import pytest
 import torch
 from torch import nn
-from vectorutil import items, tiny
+from vectorutil import tiny
 
 from lmmops.models import FAMILIES, adapter_for
 from lmmops.vectors import AttentionCall, attention_shifts, attention_with_lse
+
+from testutil import icl_items
 
 
 def test_lse_and_output_by_hand_with_padding_mask():
@@ -64,7 +66,7 @@ def test_gradient_flows_through_lse():
 def test_pass_through_shifts_reproduce_the_model_and_restore_config(family):
     model, processor = tiny(family)
     adapter = adapter_for(model, processor)
-    demos, query = items(family)
+    demos, query = icl_items(family)
     inputs = adapter.build_prompt(demos, query, with_answer=True).model_inputs()
     before = [c._attn_implementation for c in (model.config, adapter.text_config)]
     calls: list[int] = []

@@ -19,10 +19,7 @@ from vectorutil import assert_state_equal, state_copy, tiny
 
 from lmmops.config import (
     ConfigError,
-    FunctionVectorConfig,
-    ICVConfig,
     LoraBaselineConfig,
-    TaskVectorConfig,
     VectorBaselinesConfig,
     from_dict,
     load_stage_config,
@@ -43,15 +40,13 @@ from lmmops.vectors.baselines.common import captured, last_token_head_outputs
 from lmmops.vectors.baselines.function_vector import function_vector_from_heads, shuffled_labels
 from lmmops.vectors.baselines.lora import lora_config, lora_trainable_count, train_lora
 
+from testutil import tiny_config
+
 COLOURS = ["red", "green", "blue", "yellow", "white", "black", "orange", "purple"]
 
-CFG = VectorBaselinesConfig(
-    shots=2, batch_size=8, max_new_tokens=3, instruction="Answer with one word.",
-    lora=LoraBaselineConfig(epochs=2, batch_size=4, lr=5e-3),
-    task_vector=TaskVectorConfig(prompts=4),
-    function_vector=FunctionVectorConfig(prompts=4, corrupted_prompts=3, heads=3),
-    icv=ICVConfig(pairs=4, strengths=(0.1, 0.5)),
-)
+CFG = tiny_config("vector-baselines", instruction="Answer with one word.",
+                  lora={"epochs": 2, "batch_size": 4, "lr": 5e-3},
+                  function_vector={"corrupted_prompts": 3, "heads": 3}, icv={"strengths": [0.1, 0.5]})
 
 
 def vqa_item(i: int, image: Path, answer: str, split: str) -> VQAItem:
@@ -343,40 +338,6 @@ def test_rank1_pca_direction_by_hand():
 # ----- the stage -------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Generated test-size data (every pool has val and test items) and an untrained test-size LLaVA."""
-    from lmmops.config import (
-        BootstrapConfig,
-        GenerateConfig,
-        MathGenConfig,
-        MultimodalMathGenConfig,
-        SokobanGenConfig,
-        VQAGenConfig,
-    )
-    from lmmops.data import generate_all
-    from lmmops.data.loaders import load_vqa
-    from lmmops.models.bootstrap import build_model, build_processor
-
-    root = tmp_path_factory.mktemp("vb")
-    generate_all(GenerateConfig(
-        out_dir="data", vqa=VQAGenConfig(train=60, val=20, test=20),
-        deepscaler=MathGenConfig(train=2, test=1),
-        multimodal=MultimodalMathGenConfig(multimath_train=1, multimath_test=1, geo_train=1, geo_test=1,
-                                           perce_reason_train=1, perce_reason_test=1),
-        sokoban=SokobanGenConfig(train=1, test=1, sizes=(6,), num_boxes=(1,)),
-    ), root=root, progress=False)
-    words = [f"{it.question} {it.multiple_choice_answer}" for s in ("train", "val", "test")
-             for it in load_vqa(root / "data", s)]
-    processor = build_processor(["Question: Short answer:", *words])
-    model = build_model(BootstrapConfig(text_hidden=32, text_layers=2, text_heads=2, text_kv_heads=1,
-                                        text_intermediate=64, vision_hidden=16, vision_layers=1, vision_heads=1,
-                                        vision_intermediate=32), processor)
-    model.save_pretrained(root / "model")
-    processor.save_pretrained(root / "model")
-    return root
-
-
 def test_stage_end_to_end_never_chooses_on_the_test_split(workspace: Path, project: Path,
                                                           monkeypatch: pytest.MonkeyPatch):
     import lmmops.vectors.baselines as bl
@@ -456,7 +417,8 @@ def test_pools_fitted_in_two_processes_equal_the_sequential_run(workspace: Path)
     """`workers: 2` (spawned processes, the model loaded once in each) gives the same accuracies, choices and
     sizes as one process: every baseline is seeded per pool and single-threaded."""
     from lmmops.data.loaders import load_vqa
-    from lmmops.stages.vector_baselines import pool_results, task_pools
+    from lmmops.stages.vector_baselines import pool_results
+    from lmmops.vectors.pools import task_pools
 
     cfg = dataclasses.replace(CFG, tasks=("icl/colour/en", "vqa"), lora=LoraBaselineConfig(epochs=1, batch_size=8),
                               latency_repeats=1)

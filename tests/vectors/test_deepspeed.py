@@ -38,7 +38,9 @@ from lmmops.models import adapter_for  # noqa: E402
 from lmmops.vectors import LossParts, live_loss  # noqa: E402
 from lmmops.vectors.data import Draw  # noqa: E402
 from lmmops.vectors.distributed import DeepSpeedConfigError, DeepSpeedRun, load_config  # noqa: E402
-from lmmops.vectors.train import DistillConfig, NonFiniteLossError, distill  # noqa: E402
+from lmmops.vectors.train import NonFiniteLossError, distill  # noqa: E402
+
+from testutil import tiny_distill  # noqa: E402
 
 ZERO2 = str(REPO / "infra" / "deepspeed" / "zero2.json")
 OFFLOAD = str(REPO / "infra" / "deepspeed" / "zero2_offload.json")
@@ -56,12 +58,6 @@ def make_pool(root: Path) -> list[VQAItem]:
         question = "What color is the shape in this picture?" if i % 2 else "Color?"
         out.append(VQAItem(i, i, question, "icl/colour/en", "other", colour, answers, path, "train"))
     return out
-
-
-def config(method: str, **kw: Any) -> DistillConfig:
-    base = {"method": method, "shots": 2, "steps": 4, "batch_size": 4, "threads": 1, "log_every": 1,
-            "checkpoint_every": 1, "instruction": "Answer with one word."}
-    return DistillConfig(**{**base, **kw})
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +100,7 @@ def test_config_fills_auto_fields_from_the_distill_config(tmp_path):
     with pytest.raises(DeepSpeedConfigError, match="does not exist"):
         load_config(tmp_path / "missing.json", batch_size=1, micro_batch_size=None, world_size=1, max_grad_norm=1)
     with pytest.raises(ValueError, match="no DeepSpeed config"):  # caught when the config is built
-        config("live", deepspeed=str(tmp_path / "missing.json"))
+        tiny_distill("live", deepspeed=str(tmp_path / "missing.json"))
 
 
 def test_ranks_split_a_step_into_the_same_number_of_micro_batches():
@@ -130,8 +126,8 @@ def test_deepspeed_field_is_not_part_of_the_checkpoint_key(pool):
 
     model, processor = tiny("llava")
     pool_ = train_module.DemoPool(pool)
-    plain = train_module.checkpoint_key(config("live"), pool_, model, processor)
-    assert train_module.checkpoint_key(config("live", deepspeed=ZERO2), pool_, model, processor) == plain
+    plain = train_module.checkpoint_key(tiny_distill("live"), pool_, model, processor)
+    assert train_module.checkpoint_key(tiny_distill("live", deepspeed=ZERO2), pool_, model, processor) == plain
 
 
 # ----- one process, CPU, gloo ------------------------------------------------------------------------
@@ -145,9 +141,9 @@ def test_zero2_trains_the_vectors_of_the_plain_loop(method, pool, tmp_path):
     before = state_copy(model)
     flags = [p.requires_grad for p in model.parameters()]
     logged: list[int] = []
-    plain = distill(config(method, seed=5), model, processor, pool, checkpoint_dir=tmp_path / "plain",
+    plain = distill(tiny_distill(method, seed=5), model, processor, pool, checkpoint_dir=tmp_path / "plain",
                     progress=False)
-    ds = distill(config(method, seed=5, deepspeed=ZERO2), model, processor, pool, checkpoint_dir=tmp_path / "ds",
+    ds = distill(tiny_distill(method, seed=5, deepspeed=ZERO2), model, processor, pool, checkpoint_dir=tmp_path / "ds",
                  progress=False, on_log=lambda step, _m: logged.append(step))
     assert_state_equal(model, before)  # every base weight bit-identical
     assert [p.requires_grad for p in model.parameters()] == flags and all(p.grad is None for p in model.parameters())
@@ -180,8 +176,8 @@ def test_clipping_comes_from_the_config_and_matches_torch(pool):
 
     model, processor = tiny("llava")
     kw = {"max_grad_norm": 0.05, "micro_batch_size": 3}  # LIVE's grad norms here are 0.13-0.17: every step clips
-    plain = distill(config("live", **kw), model, processor, pool, progress=False)
-    ds = distill(config("live", deepspeed=ZERO2, **kw), model, processor, pool, progress=False)
+    plain = distill(tiny_distill("live", train=kw), model, processor, pool, progress=False)
+    ds = distill(tiny_distill("live", train=kw, deepspeed=ZERO2), model, processor, pool, progress=False)
     assert all(h["grad_norm"] > 0.05 for h in plain.history)
     assert [h["grad_norm"] for h in ds.history] == pytest.approx([h["grad_norm"] for h in plain.history], rel=1e-5)
     assert max_diff(ds.vectors, plain.vectors) <= 1e-7  # observed ~1e-9: the clip factor's rounding
@@ -191,8 +187,8 @@ def test_optimizer_offload_config_runs_with_the_torch_adamw(pool):
     from vectorutil import tiny
 
     model, processor = tiny("llava")
-    plain = distill(config("mimic"), model, processor, pool, progress=False)
-    ds = distill(config("mimic", deepspeed=OFFLOAD), model, processor, pool, progress=False)
+    plain = distill(tiny_distill("mimic"), model, processor, pool, progress=False)
+    ds = distill(tiny_distill("mimic", deepspeed=OFFLOAD), model, processor, pool, progress=False)
     assert max_diff(ds.vectors, plain.vectors) <= 1e-7
 
 
@@ -201,12 +197,12 @@ def test_a_run_resumes_across_the_two_paths(first, pool, tmp_path):
     from vectorutil import tiny
 
     model, processor = tiny("llava")
-    straight = distill(config("mimic"), model, processor, pool, progress=False)
+    straight = distill(tiny_distill("mimic"), model, processor, pool, progress=False)
     paths = {"plain": None, "deepspeed": ZERO2}
     second = "deepspeed" if first == "plain" else "plain"
-    half = distill(config("mimic", deepspeed=paths[first]), model, processor, pool, checkpoint_dir=tmp_path,
+    half = distill(tiny_distill("mimic", deepspeed=paths[first]), model, processor, pool, checkpoint_dir=tmp_path,
                    stop_after=2, progress=False)
-    resumed = distill(config("mimic", deepspeed=paths[second]), model, processor, pool, checkpoint_dir=tmp_path,
+    resumed = distill(tiny_distill("mimic", deepspeed=paths[second]), model, processor, pool, checkpoint_dir=tmp_path,
                       progress=False)
     assert half.steps == 2 and resumed.resumed_from == 2 and resumed.steps == 4 and resumed.key == half.key
     assert max_diff(resumed.vectors, straight.vectors) <= 1e-7
@@ -230,7 +226,7 @@ def test_non_finite_stops_before_the_step_and_keeps_the_last_good_checkpoint(whe
     from vectorutil import tiny
 
     model, processor = tiny("llava")
-    good = distill(config("live", deepspeed=ZERO2), model, processor, pool, stop_after=2, progress=False)
+    good = distill(tiny_distill("live", deepspeed=ZERO2), model, processor, pool, stop_after=2, progress=False)
     calls = {"n": 0}
 
     def bad_at_step_3(*args: Any, **kwargs: Any) -> LossParts:
@@ -245,14 +241,14 @@ def test_non_finite_stops_before_the_step_and_keeps_the_last_good_checkpoint(whe
     monkeypatch.setattr(train_module, "live_loss", bad_at_step_3)
     message = r"step 3: loss nan" if where == "loss" else r"step 3: gradient norm nan"
     with pytest.raises(NonFiniteLossError, match=message + r".*holds step 2"):
-        distill(config("live", deepspeed=ZERO2), model, processor, pool, checkpoint_dir=tmp_path, progress=False)
+        distill(tiny_distill("live", deepspeed=ZERO2), model, processor, pool, checkpoint_dir=tmp_path, progress=False)
     (ckpt,) = tmp_path.glob("*/last.pt")
     state = torch.load(ckpt, weights_only=True)
     assert state["step"] == 2
     for name, value in good.vectors.state_dict().items():
         assert torch.equal(state["vectors"][name], value), name
     monkeypatch.setattr(train_module, "live_loss", live_loss)
-    resumed = distill(config("live", deepspeed=ZERO2), model, processor, pool, checkpoint_dir=tmp_path,
+    resumed = distill(tiny_distill("live", deepspeed=ZERO2), model, processor, pool, checkpoint_dir=tmp_path,
                       progress=False)
     assert resumed.resumed_from == 2 and resumed.steps == 4 and all(math.isfinite(h["loss"]) for h in resumed.history)
 
@@ -268,8 +264,8 @@ def test_two_ranks_under_torchrun_match_the_plain_loop(method, pool, tmp_path):
     from vectorutil import tiny
 
     out = tmp_path / "rank0.pt"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(REPO / "src"),
-                                                                                  str(Path(__file__).parent)])}
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO / "tests"), str(Path(__file__).parent)])}
     for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
@@ -278,7 +274,7 @@ def test_two_ranks_under_torchrun_match_the_plain_loop(method, pool, tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     ranks = torch.load(out, weights_only=True)
     model, processor = tiny("llava")
-    plain = distill(config(method, **TWO_RANK), model, processor, pool, progress=False)
+    plain = distill(tiny_distill(method, train=TWO_RANK), model, processor, pool, progress=False)
     for name, value in plain.vectors.state_dict().items():
         assert torch.allclose(ranks["vectors"][name], value, rtol=1e-4, atol=1e-6), name
     assert ranks["losses"] == pytest.approx([h["loss"] for h in plain.history], rel=1e-5)
@@ -286,7 +282,7 @@ def test_two_ranks_under_torchrun_match_the_plain_loop(method, pool, tmp_path):
     (ckpt,) = (tmp_path / "ckpt").glob("*/last.pt")
     state = torch.load(ckpt, weights_only=True)
     assert state["step"] == 4
-    optimizer = train_module.make_optimizer(config(method), plain.vectors)
+    optimizer = train_module.make_optimizer(tiny_distill(method), plain.vectors)
     optimizer.load_state_dict(state["optimizer"])  # the gathered ZeRO state is torch AdamW's layout
 
 
@@ -298,7 +294,7 @@ def _two_rank_worker(method: str, images: str, checkpoint_dir: str, out: str) ->
 
     model, processor = tiny("llava")
     logged: list[int] = []
-    result = distill(config(method, deepspeed=ZERO2, **TWO_RANK), model, processor, make_pool(Path(images)),
+    result = distill(tiny_distill(method, train=TWO_RANK, deepspeed=ZERO2), model, processor, make_pool(Path(images)),
                      checkpoint_dir=Path(checkpoint_dir), progress=False, on_log=lambda step, _m: logged.append(step))
     if int(os.environ["RANK"]) == 0:
         torch.save({"vectors": result.vectors.state_dict(), "losses": [h["loss"] for h in result.history],

@@ -14,11 +14,13 @@ from typing import Any
 import pytest
 import torch
 from test_mimic import counted_from_first_token, strong_vectors
-from vectorutil import items, other_query, tiny
+from vectorutil import other_query, tiny
 
 from lmmops.models import FAMILIES, adapter_for
 from lmmops.vectors import AttentionCall, attach_mimic, attention_shifts, attention_with_lse
 from lmmops.vectors import attention as attn
+
+from testutil import icl_items
 
 TOL = 1e-5
 LOG_TINY = math.log(torch.finfo(torch.float32).tiny)
@@ -169,7 +171,7 @@ def test_fused_and_explicit_generate_the_same(family):
     """Left-padded batch, cached decoding, MimIC attached: the fused path is taken and matches the explicit one."""
     model, processor = tiny(family)
     adapter = adapter_for(model, processor)
-    demos, query = items(family)
+    demos, query = icl_items(family)
     batch = adapter.build_prompts([(demos[:1], query), ([], other_query(family))])  # row 1 left-padded
     inputs = counted_from_first_token(family, batch.model_inputs())
     tokenizer = getattr(processor, "tokenizer", processor)

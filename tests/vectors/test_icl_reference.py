@@ -1,16 +1,26 @@
-"""The k-shot ICL reference of the live/mimic test split: independent demo draws, averaged (hand-computed)."""
+"""The k-shot ICL reference of the live/mimic test split: independent demo draws, averaged (hand-computed); the
+icl-reference stage's output written and read back; the checks live and mimic make on it."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-import lmmops.icl.inference as inference
 from lmmops.data.schemas import VQAAnswer, VQAItem
-from lmmops.vectors import stage_lib
-from lmmops.vectors.stage_lib import evaluate_test, icl_demos
+from lmmops.vectors import evaluation
+from lmmops.vectors.evaluation import IclScores, evaluate_test, icl_demos, score_icl_reference
+from lmmops.vectors.icl_reference import (
+    IclReferenceMismatch,
+    decoding_params,
+    read_icl_reference,
+    write_icl_reference,
+)
+from lmmops.vectors.reporting import stage_metrics, vector_stage_markdown
 
 
 def item(i: int, answer: str, split: str) -> VQAItem:
@@ -35,64 +45,11 @@ class FakeRunner:
         self.model = None
 
 
-def test_each_query_is_scored_by_its_mean_over_the_draws(monkeypatch: pytest.MonkeyPatch) -> None:
-    train = [item(i, "red", "train") for i in range(10)]
-    test = [item(100 + i, "red", "test") for i in range(3)]
-
-    # ICL answers right exactly when the first demo has an even question id: the score of each query under
-    # each draw follows from icl_demos, so the expected means are computed here by hand from the same draws.
-    def fake_generate(runner: Any, prompts: list[tuple[list[VQAItem], VQAItem]], vectors: Any,
-                      instruction: Any) -> tuple[list[str], float]:
-        return ["red" if demos[0].question_id % 2 == 0 else "blue" for demos, _ in prompts], 1.0
-
-    def fake_vectors(model: Any, processor: Any, vs: Any, items: Any, *, samples_out: Any = None,
-                     **kw: Any) -> dict[str, float]:
-        if samples_out is not None:  # the vectors get the first query right only
-            samples_out += [{"accuracy": 1.0 if k == 0 else 0.0} for k in range(len(items))]
-            return {"accuracy": 1 / 3}
-        return {"accuracy": 0.0}
-
-    monkeypatch.setattr(inference, "ICLRunner", FakeRunner)
-    monkeypatch.setattr(stage_lib, "_generate", fake_generate)
-    monkeypatch.setattr(stage_lib, "evaluate_vectors", fake_vectors)
-    monkeypatch.setattr(stage_lib, "generation_seconds",
-                        lambda *a, **k: {"zero-shot": 1.0, "vectors": 1.0})
-    pools = {"p": {"train": train, "val": [], "test": test}}
-
-    expected = []
-    for i, q in enumerate(test):
-        hits = [icl_demos(q, train, 4, seed=7, index=i, draw=d)[0].question_id % 2 == 0 for d in range(3)]
-        expected.append(sum(hits) / 3)
-    assert len(set(expected)) > 1 or 0 < expected[0] < 1  # the draws do disagree somewhere
-
-    result = evaluate_test(None, None, {"p": object()}, pools, shots=4, seed=7, batch_size=8, max_new_tokens=4,
-                           instruction=None, repeats=1, icl_draws=3)
-    assert result.icl_acc["p"] == pytest.approx(sum(expected) / 3)
-    gap, _ = result.gap["p"]
-    assert gap == pytest.approx(sum(e - v for e, v in zip(expected, [1.0, 0.0, 0.0], strict=True)) / 3)
-
-    one = evaluate_test(None, None, {"p": object()}, pools, shots=4, seed=7, batch_size=8, max_new_tokens=4,
-                        instruction=None, repeats=1, icl_draws=1)
-    first_draw = [float(icl_demos(q, train, 4, seed=7, index=i)[0].question_id % 2 == 0) for i, q in enumerate(test)]
-    assert one.icl_acc["p"] == pytest.approx(sum(first_draw) / 3)
-
-    with pytest.raises(ValueError, match="icl_draws must be >= 1"):
-        evaluate_test(None, None, {"p": object()}, pools, shots=4, seed=7, batch_size=8, max_new_tokens=4,
-                      instruction=None, repeats=1, icl_draws=0)
-
-
-def test_the_table_names_the_number_of_draws() -> None:
-    metrics = {"test_acc/p": 0.5, "zero_shot_acc/p": 0.1, "icl_acc/p": 0.6, "val_acc/p": 0.5,
-               "test_acc/mean": 0.5, "zero_shot_acc/mean": 0.1, "icl_acc/mean": 0.6, "val_acc/mean": 0.5,
-               "trainable_params": 516.0, "icl_draws": 4.0}
-    assert "16-shot ICL (mean of 4 demo draws)" in stage_lib.results_markdown("live", metrics, {}, 16)
-    assert "mean of" not in stage_lib.results_markdown("live", {**metrics, "icl_draws": 1.0}, {}, 16)
-
-
-def test_the_reference_is_kept_and_read_back_by_the_next_stage(monkeypatch: pytest.MonkeyPatch,
-                                                               tmp_path: Path) -> None:
-    train = [item(i, "red", "train") for i in range(10)]
-    test = [item(100 + i, "red", "test") for i in range(3)]
+@pytest.fixture
+def fake_icl(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """ICL answers right exactly when the first demo has an even question id (the score of each query under each
+    draw follows from icl_demos); each generation takes 2 s + the number of calls so far. Returns the calls'
+    prompt counts."""
     calls: list[int] = []
 
     def fake_generate(runner: Any, prompts: list[tuple[list[VQAItem], VQAItem]], vectors: Any,
@@ -100,71 +57,139 @@ def test_the_reference_is_kept_and_read_back_by_the_next_stage(monkeypatch: pyte
         calls.append(len(prompts))
         return ["red" if demos[0].question_id % 2 == 0 else "blue" for demos, _ in prompts], 2.0 + len(calls)
 
-    def fake_key(model: Any, processor: Any, test: Any, train: Any, *, shots: int, seed: int, draws: int,
-                 **kw: Any) -> str:
-        return f"{shots:08d}{seed:08d}{draws:08d}ffff"
+    monkeypatch.setattr(evaluation, "ICLRunner", FakeRunner)
+    monkeypatch.setattr(evaluation, "timed_generate", fake_generate)
+    return calls
 
-    monkeypatch.setattr(inference, "ICLRunner", FakeRunner)
-    monkeypatch.setattr(stage_lib, "_generate", fake_generate)
-    monkeypatch.setattr(stage_lib, "evaluate_vectors", lambda *a, samples_out=None, **k: (
-        samples_out.extend({"accuracy": 0.0} for _ in test) if samples_out is not None else None) or {"accuracy": 0})
-    monkeypatch.setattr(stage_lib, "generation_seconds", lambda *a, **k: {"zero-shot": 1.0, "vectors": 1.0})
-    monkeypatch.setattr(stage_lib, "icl_reference_key", fake_key)
+
+def test_each_query_is_scored_by_its_mean_over_the_draws(fake_icl: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
+    train = [item(i, "red", "train") for i in range(10)]
+    test = [item(100 + i, "red", "test") for i in range(3)]
     pools = {"p": {"train": train, "val": [], "test": test}}
-    kw = {"shots": 4, "batch_size": 8, "max_new_tokens": 4, "instruction": None, "repeats": 1, "icl_draws": 3,
-          "icl_cache_dir": tmp_path / "ref"}
+    kw = {"shots": 4, "seed": 7, "batch_size": 8, "max_new_tokens": 4, "instruction": None}
 
-    first = evaluate_test(None, None, {"p": object()}, pools, seed=7, **kw)
-    assert calls == [3, 3, 3] and first.seconds["p"]["icl"] == 3.0  # best of the three draws' seconds
-    kept = list((tmp_path / "ref").iterdir())
-    assert [f.name for f in kept] == [f"{fake_key(None, None, test, train, shots=4, seed=7, draws=3)[:24]}.json"]
+    expected = []
+    for i, q in enumerate(test):
+        hits = [icl_demos(q, train, 4, seed=7, index=i, draw=d)[0].question_id % 2 == 0 for d in range(3)]
+        expected.append(sum(hits) / 3)
+    assert len(set(expected)) > 1 or 0 < expected[0] < 1  # the draws do disagree somewhere
 
-    second = evaluate_test(None, None, {"p": object()}, pools, seed=7, **kw)  # the other stage: read, not scored
-    assert calls == [3, 3, 3]
-    assert second.icl_acc == first.icl_acc and second.seconds["p"]["icl"] == 3.0 and second.gap == first.gap
+    scores = score_icl_reference(None, None, pools, draws=3, **kw)
+    assert fake_icl == [3, 3, 3] and scores["p"].seconds == 3.0  # best of the three draws' seconds
+    assert scores["p"].item_acc == pytest.approx(expected)
 
-    evaluate_test(None, None, {"p": object()}, pools, seed=8, **kw)  # other demo draws: another key, scored
-    assert calls == [3] * 6 and len(list((tmp_path / "ref").iterdir())) == 2
+    one = score_icl_reference(None, None, pools, draws=1, **kw)
+    first_draw = [float(icl_demos(q, train, 4, seed=7, index=i)[0].question_id % 2 == 0) for i, q in enumerate(test)]
+    assert one["p"].item_acc == pytest.approx(first_draw)
+    with pytest.raises(ValueError, match="icl_draws must be >= 1"):
+        score_icl_reference(None, None, pools, draws=0, **kw)
 
-    kept[0].write_text("{not json")  # a damaged file is scored again and rewritten, not trusted
-    again = evaluate_test(None, None, {"p": object()}, pools, seed=7, **kw)
-    assert calls == [3] * 9 and again.icl_acc == first.icl_acc
-    assert stage_lib.read_icl_reference(kept[0])[0] is not None
+    # evaluate_test takes the reference as given: icl_acc is its mean, the gap is paired on the same items
+    def fake_vectors(model: Any, processor: Any, vs: Any, items: Any, *, samples_out: Any = None,
+                     **k: Any) -> dict[str, float]:
+        if samples_out is not None:  # the vectors get the first query right only
+            samples_out += [{"accuracy": 1.0 if n == 0 else 0.0} for n in range(len(items))]
+        return {"accuracy": 1 / 3}
+
+    monkeypatch.setattr(evaluation, "evaluate_vectors", fake_vectors)
+    monkeypatch.setattr(evaluation, "generation_seconds", lambda *a, **k: {"zero-shot": 1.0, "vectors": 1.0})
+    calls = len(fake_icl)
+    result = evaluate_test(None, None, {"p": object()}, pools, scores, batch_size=8, max_new_tokens=4,
+                           instruction=None, repeats=1)
+    assert len(fake_icl) == calls  # no k-shot prompt is generated
+    assert result.icl_acc["p"] == pytest.approx(sum(expected) / 3) and result.seconds["p"]["icl"] == 3.0
+    gap, _ = result.gap["p"]
+    assert gap == pytest.approx(sum(e - v for e, v in zip(expected, [1.0, 0.0, 0.0], strict=True)) / 3)
 
 
-def test_the_reference_key_follows_model_items_images_and_draws(tmp_path: Path) -> None:
-    from vectorutil import tiny
+def test_the_table_names_the_number_of_draws() -> None:
+    metrics = {"test_acc/p": 0.5, "zero_shot_acc/p": 0.1, "icl_acc/p": 0.6, "val_acc/p": 0.5,
+               "test_acc/mean": 0.5, "zero_shot_acc/mean": 0.1, "icl_acc/mean": 0.6, "val_acc/mean": 0.5,
+               "trainable_params": 516.0, "icl_draws": 4.0}
+    assert "16-shot ICL (mean of 4 demo draws)" in vector_stage_markdown("live", metrics, {}, 16)
+    assert "mean of" not in vector_stage_markdown("live", {**metrics, "icl_draws": 1.0}, {}, 16)
 
-    from lmmops.vectors.stage_lib import icl_reference_key
 
-    model, processor = tiny("llava")
-    for i in range(4):
-        (tmp_path / f"{i}.png").write_bytes(b"png-%d" % i)
+DECODING = decoding_params(eval_batch_size=8, max_new_tokens=4, num_beams=1, answer_cut=(), instruction=None)
 
-    def pool(prefix: Path) -> list[VQAItem]:
-        return [VQAItem(i, i, "What color?", "icl/colour/en", "other", "red",
-                        tuple(VQAAnswer("red", "yes", j) for j in range(10)), prefix / f"{i}.png", "test")
-                for i in range(4)]
 
-    test, train = pool(tmp_path)[:2], pool(tmp_path)[2:]
-    kw = {"shots": 4, "seed": 0, "draws": 2, "batch_size": 8, "max_new_tokens": 4, "instruction": None}
-    key = icl_reference_key(model, processor, test, train, **kw)
-    assert icl_reference_key(model, processor, test, train, **kw) == key
-    assert icl_reference_key(model, processor, test, train, **{**kw, "seed": 1}) != key
-    assert icl_reference_key(model, processor, test, train, **{**kw, "draws": 3}) != key
-    assert icl_reference_key(model, processor, test, train[:1], **kw) != key
-    (tmp_path / "1.png").write_bytes(b"another image")  # same names, other pixels
-    assert icl_reference_key(model, processor, test, train, **kw) != key
-    other_model, _ = tiny("llava", seed=1)
-    assert icl_reference_key(other_model, processor, test, train, **kw) != icl_reference_key(
-        model, processor, test, train, **kw)
+def _pools() -> dict[str, dict[str, list[VQAItem]]]:
+    train = [item(i, "red", "train") for i in range(10)]
+    vqa_train = [dataclasses.replace(item(20 + i, "red", "train"), question_type="what color") for i in range(6)]
+    return {"icl/colour/en": {"train": train, "val": [], "test": [item(100 + i, "red", "test") for i in range(3)]},
+            "vqa": {"train": vqa_train, "val": [], "test": [item(200 + i, "red", "test") for i in range(2)]}}
+
+
+def _write(directory: Path, **kw: Any) -> Path:
+    scores = {"icl/colour/en": IclScores([1.0, 1 / 3, 0.0], 2.5), "vqa": IclScores([0.1 + 0.2, 1.0], 1.25)}
+    args: dict[str, Any] = {"model_fingerprint": "f" * 64, "shots": 4, "draws": 3, "seed": 7, "decoding": DECODING,
+                            "extra": {"model": "models/base"}, **kw}
+    return write_icl_reference(directory, scores, _pools(), **args)
+
+
+def test_the_reference_is_written_whole_and_read_back(tmp_path: Path) -> None:
+    out = _write(tmp_path / "ref")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ref"]  # no temporary directory left
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["shots"] == 4 and manifest["icl_draws"] == 3 and manifest["seed"] == 7
+    assert manifest["model_fingerprint"] == "f" * 64 and manifest["decoding"] == DECODING
+    assert manifest["pools"]["icl/colour/en"]["test_items"] == [100, 101, 102]
+    assert manifest["pools"]["vqa"]["demo_items"] == list(range(20, 26))
+    assert (out / manifest["pools"]["icl/colour/en"]["path"]).is_file()
+
+    ref = read_icl_reference(out)
+    assert list(ref.scores) == ["icl/colour/en", "vqa"] and ref.draws == 3
+    assert ref.scores["icl/colour/en"] == IclScores([1.0, 1 / 3, 0.0], 2.5)
+    assert ref.scores["vqa"].item_acc == [0.1 + 0.2, 1.0]  # floats come back bit for bit
+    ref.check(_pools(), shots=4, decoding=DECODING, stage="live")
+    ref.check({"vqa": _pools()["vqa"]}, shots=4, decoding=DECODING, stage="live")  # a subset of the pools
+    ref.check_model("f" * 64, stage="live")
+
+    _write(out, seed=8)  # a rerun replaces the directory whole
+    assert read_icl_reference(out).manifest["seed"] == 8
+    with pytest.raises(ValueError, match="3 scores for 2 test items"):
+        write_icl_reference(tmp_path / "bad", {"vqa": IclScores([0.0, 1.0, 1.0], 1.0)}, _pools(),
+                            model_fingerprint="f", shots=4, draws=1, seed=0, decoding=DECODING)
+    assert not (tmp_path / "bad").exists() and not list(tmp_path.glob(".bad.tmp-*"))
+
+
+def test_a_mismatch_names_the_file_and_the_field_and_says_what_to_run(tmp_path: Path) -> None:
+    out = _write(tmp_path / "ref")
+    ref = read_icl_reference(out)
+    manifest = str(out / "manifest.json")
+
+    def fails(field: str, call: Any) -> None:
+        with pytest.raises(IclReferenceMismatch) as exc:
+            call()
+        message = str(exc.value)
+        assert message.startswith(manifest) and field in message and "dvc repro icl-reference" in message, message
+
+    fails("shots", lambda: ref.check(_pools(), shots=16, decoding=DECODING, stage="live"))
+    fails("decoding.num_beams", lambda: ref.check(_pools(), shots=4, decoding={**DECODING, "num_beams": 3},
+                                                  stage="mimic"))
+    fails("decoding.eval_batch_size", lambda: ref.check(_pools(), shots=4, decoding={**DECODING, "eval_batch_size": 64},
+                                                        stage="live"))
+    fails("decoding.answer_cut", lambda: ref.check(_pools(), shots=4, decoding={**DECODING, "answer_cut": [", "]},
+                                                   stage="live"))
+    fails("no pool 'icl/shape/en'", lambda: ref.check({**_pools(), "icl/shape/en": _pools()["vqa"]}, shots=4,
+                                                      decoding=DECODING, stage="live"))
+    other_test = _pools()
+    other_test["vqa"]["test"] = other_test["vqa"]["test"][::-1]
+    fails("pools['vqa'].test_items", lambda: ref.check(other_test, shots=4, decoding=DECODING, stage="live"))
+    other_demos = _pools()
+    other_demos["icl/colour/en"]["train"] = other_demos["icl/colour/en"]["train"][:-1]
+    fails("pools['icl/colour/en'].demo_items", lambda: ref.check(other_demos, shots=4, decoding=DECODING,
+                                                                  stage="live"))
+    fails("model_fingerprint", lambda: ref.check_model("0" * 64, stage="live"))
+
+    with pytest.raises(FileNotFoundError, match=r"no ICL reference at .*dvc repro icl-reference"):
+        read_icl_reference(tmp_path / "missing")
+    (out / "manifest.json").write_text(json.dumps({**json.loads((out / "manifest.json").read_text()), "format": 0}))
+    fails("format", lambda: read_icl_reference(out))
 
 
 def test_near_duplicates_are_left_out_of_the_nodup_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
     """The *_nodup metrics are the same per-item scores without the near-duplicate test items (hand-computed)."""
-    import dataclasses
-    from types import SimpleNamespace
-
     train = [item(i, "red", "train") for i in range(10)]
     test = [item(100 + i, "red", "test") for i in range(4)]
     test[0] = dataclasses.replace(test[0], near_duplicate_of=train[0].question_id)  # a near-copy of a train item
@@ -177,22 +202,16 @@ def test_near_duplicates_are_left_out_of_the_nodup_metrics(monkeypatch: pytest.M
         samples_out += [{"question_id": q.question_id, "accuracy": a} for q, a in zip(items, scores, strict=True)]
         return {"accuracy": sum(scores) / len(scores)}
 
-    # ICL: right on every query but the last
-    def fake_generate(runner: Any, prompts: list[tuple[list[VQAItem], VQAItem]], vectors: Any,
-                      instruction: Any) -> tuple[list[str], float]:
-        return ["red" if q.question_id != 103 else "blue" for _, q in prompts], 1.0
-
-    monkeypatch.setattr(inference, "ICLRunner", FakeRunner)
-    monkeypatch.setattr(stage_lib, "_generate", fake_generate)
-    monkeypatch.setattr(stage_lib, "evaluate_vectors", fake_vectors)
-    monkeypatch.setattr(stage_lib, "generation_seconds", lambda *a, **k: {"zero-shot": 1.0, "vectors": 1.0})
+    monkeypatch.setattr(evaluation, "evaluate_vectors", fake_vectors)
+    monkeypatch.setattr(evaluation, "generation_seconds", lambda *a, **k: {"zero-shot": 1.0, "vectors": 1.0})
     pools = {"p": {"train": train, "val": [], "test": test}, "q": {"train": train, "val": [], "test": test[1:]}}
-    result = evaluate_test(None, None, {"p": object(), "q": object()}, pools, shots=4, seed=7, batch_size=8,
-                           max_new_tokens=4, instruction=None, repeats=1)
+    icl = {"p": IclScores([1.0, 1.0, 1.0, 0.0], 1.0), "q": IclScores([1.0, 1.0, 0.0], 1.0)}  # right but the last
+    result = evaluate_test(None, None, {"p": object(), "q": object()}, pools, icl, batch_size=8, max_new_tokens=4,
+                           instruction=None, repeats=1)
     assert result.near_duplicate["p"] == [True, False, False, False]
     assert result.item_acc["p"] == {"vectors": vector_scores, "zero-shot": zero_scores, "icl": [1.0, 1.0, 1.0, 0.0]}
     training = {p: SimpleNamespace(val_acc=0.5, step=1) for p in pools}
-    m = stage_lib.stage_metrics(training, result, trainable_params=8, shots=4)
+    m = stage_metrics(training, result, trainable_params=8, shots=4)
 
     # pool p without item 0: vectors 0, 1, 0 -> 1/3; zero-shot 0, 0, 0 -> 0; ICL 1, 1, 0 -> 2/3
     assert m["test_acc/p"] == 0.5 and m["test_acc_nodup/p"] == pytest.approx(1 / 3)
@@ -207,10 +226,12 @@ def test_near_duplicates_are_left_out_of_the_nodup_metrics(monkeypatch: pytest.M
     # means over pools, as the originals
     for family in ("test_acc", "zero_shot_acc", "icl_acc"):
         assert m[f"{family}_nodup/mean"] == pytest.approx((m[f"{family}_nodup/p"] + m[f"{family}_nodup/q"]) / 2)
+        assert m[f"{family}/mean"] == pytest.approx((m[f"{family}/p"] + m[f"{family}/q"]) / 2)
     assert m["gap_to_icl_nodup/mean"] == pytest.approx(m["icl_acc_nodup/mean"] - m["test_acc_nodup/mean"])
     assert m["gain_over_zero_shot_nodup/mean"] == pytest.approx(m["test_acc_nodup/mean"]
                                                                 - m["zero_shot_acc_nodup/mean"])
     assert m["gap_to_icl_se_nodup/mean"] == pytest.approx(
         (m["gap_to_icl_se_nodup/p"] ** 2 + m["gap_to_icl_se_nodup/q"] ** 2) ** 0.5 / 2)
-    table = stage_lib.results_markdown("live", m, {"icl": 2.0, "vectors": 1.0}, 4)
+    assert m["val_acc/mean"] == 0.5 and m["selected_step/p"] == 1.0 and m["pools"] == 2.0
+    table = vector_stage_markdown("live", m, {"icl": 2.0, "vectors": 1.0}, 4)
     assert "Without near-duplicates" in table and "| p | 0.0 | 66.7 | 33.3 | +33.3 ± 33.3 | 3 (of 4) |" in table

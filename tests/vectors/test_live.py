@@ -6,10 +6,12 @@ import math
 
 import pytest
 import torch
-from vectorutil import assert_state_equal, items, state_copy, tiny
+from vectorutil import assert_state_equal, state_copy, tiny
 
 from lmmops.models import FAMILIES, adapter_for
 from lmmops.vectors import LiveVectors, VectorMismatchError, attach_live, live_loss, live_shift, live_site_modules
+
+from testutil import icl_items
 
 
 def test_live_shift_by_hand():
@@ -38,7 +40,7 @@ def test_site_per_family():
 
 def _inputs(family: str):
     model, processor = tiny(family)
-    _, query = items(family)
+    _, query = icl_items(family)
     return model, adapter_for(model, processor).build_prompt([], query, with_answer=True).model_inputs()
 
 
@@ -133,7 +135,7 @@ def test_training_changes_vectors_only():
     family = "idefics2"
     model, processor = tiny(family)
     adapter = adapter_for(model, processor)
-    demos, query = items(family)
+    demos, query = icl_items(family)
     teacher_batch = adapter.build_prompt(demos, query, with_answer=True)
     student_batch = adapter.build_prompt([], query, with_answer=True)
     before = state_copy(model)

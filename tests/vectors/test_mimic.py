@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 import torch
-from vectorutil import assert_state_equal, items, other_query, state_copy, tiny
+from vectorutil import assert_state_equal, other_query, state_copy, tiny
 
 from lmmops.models import FAMILIES, adapter_for
 from lmmops.vectors import (
@@ -18,6 +18,8 @@ from lmmops.vectors import (
     capture_outputs,
     mimic_loss,
 )
+
+from testutil import icl_items
 
 
 def strong_vectors(adapter: Any, seed: int = 1) -> MimicVectors:
@@ -42,7 +44,7 @@ def test_parameters_and_init():
 def test_attach_detach_and_zero_shift(family):
     model, processor = tiny(family)
     adapter = adapter_for(model, processor)
-    _, query = items(family)
+    _, query = icl_items(family)
     inputs = adapter.build_prompt([], query, with_answer=True).model_inputs()
     vectors = strong_vectors(adapter)
     with torch.no_grad():
@@ -86,7 +88,7 @@ class LseRecorder:
 def test_logz2_and_shift_respect_left_padding(family):
     model, processor = tiny(family)
     adapter = adapter_for(model, processor)
-    demos, query = items(family)
+    demos, query = icl_items(family)
     vectors = strong_vectors(adapter)
     short = (demos[:0], other_query(family))
     batch = adapter.build_prompts([short, (demos[:1], query)], with_answer=True)  # row 0 is left-padded
@@ -112,7 +114,7 @@ def test_logz2_and_shift_respect_left_padding(family):
 def test_causal_prefix_is_unchanged_by_later_tokens(family):
     model, processor = tiny(family)
     adapter = adapter_for(model, processor)
-    demos, query = items(family)
+    demos, query = icl_items(family)
     inputs = adapter.build_prompt(demos, query, with_answer=True).model_inputs()
     n = inputs["input_ids"].shape[1]
     cut = n - 4  # the last tokens are text: drop them
@@ -142,7 +144,7 @@ def _extend(inputs: dict[str, Any], sequences: torch.Tensor) -> dict[str, Any]:
 def test_cached_decoding_matches_full_forward(family):
     model, processor = tiny(family)
     adapter = adapter_for(model, processor)
-    demos, query = items(family)
+    demos, query = icl_items(family)
     batch = adapter.build_prompts([(demos[:1], query), ([], other_query(family))])  # row 1 left-padded
     inputs = batch.model_inputs()
     tokenizer = getattr(processor, "tokenizer", processor)
@@ -180,7 +182,7 @@ def test_training_changes_vectors_only():
     family = "qwen2_vl"
     model, processor = tiny(family)
     adapter = adapter_for(model, processor)
-    demos, query = items(family)
+    demos, query = icl_items(family)
     teacher_batch = adapter.build_prompt(demos, query, with_answer=True)
     student_batch = adapter.build_prompt([], query, with_answer=True)
     before = state_copy(model)

@@ -1,13 +1,15 @@
-"""The shift identity of PAPERS.md §2 on every family: oracle-shifted zero-shot = k-shot, at every layer."""
+"""The shift identity of docs/methods.md §4 on every family: oracle-shifted zero-shot = k-shot, at every layer."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from vectorutil import items, open_idefics_gates, tiny
+from vectorutil import open_idefics_gates, tiny
 
 from lmmops.models import FAMILIES
 from lmmops.vectors import check_shift_exactness
+
+from testutil import icl_items
 
 TOLERANCE = 1e-4
 
@@ -16,7 +18,7 @@ TOLERANCE = 1e-4
 def test_oracle_shift_reproduces_kshot_attention(family):
     model, processor = tiny(family)
     assert next(model.parameters()).dtype == torch.float32
-    demos, query = items(family)
+    demos, query = icl_items(family)
     result = check_shift_exactness(model, processor, demos, query)
     assert len(result.layer_errors) == 2 and result.kshot_outputs[0].shape[0] > 5
     assert result.max_error <= TOLERANCE, result.layer_errors
@@ -28,7 +30,7 @@ def test_oracle_shift_reproduces_kshot_attention(family):
 @pytest.mark.parametrize("family", ["llama", "qwen2_vl"])
 def test_oracle_with_instruction_and_one_demo(family):
     model, processor = tiny(family)
-    demos, query = items(family)
+    demos, query = icl_items(family)
     result = check_shift_exactness(model, processor, demos[:1], query, instruction="Answer briefly.")
     assert result.max_error <= TOLERANCE, result.layer_errors
 
@@ -37,7 +39,7 @@ def test_idefics_needs_the_kshot_cross_attention_context():
     """Idefics v1's query starts with a token that cross-attends to the last demo image (see oracle.py)."""
     model, processor = tiny("idefics", seed=1)  # a model of its own: its gates are opened below
     open_idefics_gates(model)
-    demos, query = items("idefics")
+    demos, query = icl_items("idefics")
     exact = check_shift_exactness(model, processor, demos, query)
     assert exact.max_error <= TOLERANCE, exact.layer_errors
     without_context = check_shift_exactness(model, processor, demos, query, keep_context=False)
@@ -49,6 +51,6 @@ def test_idefics_needs_the_kshot_cross_attention_context():
 
 def test_oracle_needs_demos():
     model, processor = tiny("llama")
-    _, query = items("llama")
+    _, query = icl_items("llama")
     with pytest.raises(ValueError, match="at least one demonstration"):
         check_shift_exactness(model, processor, [], query)

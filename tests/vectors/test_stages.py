@@ -25,25 +25,41 @@ from lmmops.config import (
     LiveStageConfig,
     MimicStageConfig,
 )
-from lmmops.vectors import stage_lib
+from lmmops.vectors import evaluation, pool_training
+from lmmops.vectors.pools import SPLITS, VQA_POOL, select_pools, task_pools
 
-from testutil import tiny_project
+from testutil import TINY, merged, tiny_config, tiny_distill
 
-POOLS = ("icl/colour/en", "vqa")
-
-
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Generated test-size data (every pool has train, val and test items) and a saved test-size LLaVA."""
-    root = tmp_path_factory.mktemp("vector-stages")
-    return tiny_project(root, vqa=(60, 20, 20))
+POOLS = ("icl/colour/en", "vqa")  # = the test-size stage configs' tasks (testutil.TINY)
 
 
-def _cfg(cls: type, workspace: Path, **kw: Any) -> Any:
-    base = {"data_dir": str(workspace / "data"), "model": str(workspace / "model"), "tasks": POOLS, "shots": 2,
-            "steps": 4, "batch_size": 4, "selection_rounds": 2, "eval_batch_size": 16, "max_new_tokens": 3,
-            "latency_repeats": 1, "icl_draws": 2, "log_every": 1, "threads": 1}
-    return cls(**{**base, **kw})
+def _cfg(cls: type, workspace: Path, **changes: Any) -> Any:
+    """The test-size config of the stage of `cls` on the shared tiny project (conftest `workspace`)."""
+    return tiny_config(cls.method, data_dir=str(workspace / "data"), model=str(workspace / "model"), **changes)
+
+
+def _reference(workspace: Path, project: Path, **kw: Any) -> dict[str, float]:
+    """The icl-reference stage for _cfg's pools, shots and decoding, 2 demo draws per query: its metrics."""
+    from lmmops.stages import run_stage
+
+    cfg = tiny_config("icl-reference", data_dir=str(workspace / "data"), model=str(workspace / "model"), icl_draws=2,
+                      **kw)
+    return run_stage("icl-reference", cfg, root=project)
+
+
+@pytest.fixture
+def kshot_prompts(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The demo count of every k-shot prompt generated in this process from now on (ICLRunner.predict)."""
+    from lmmops.icl.inference import ICLRunner
+
+    predict, seen = ICLRunner.predict, []
+
+    def recording_predict(self: Any, prompts: Any, *a: Any, **k: Any) -> Any:
+        seen.extend(len(demos) for demos, _query in prompts if demos)
+        return predict(self, prompts, *a, **k)
+
+    monkeypatch.setattr(ICLRunner, "predict", recording_predict)
+    return seen
 
 
 class Recorder:
@@ -54,7 +70,7 @@ class Recorder:
 
         self.split_of = {it.question_id: s for s in ("train", "val", "test") for it in load_vqa(workspace / "data", s)}
         self.events: list[tuple[str, ...]] = []
-        distill, evaluate = stage_lib.distill, stage_lib.evaluate_vectors
+        distill, evaluate = pool_training.distill, evaluation.evaluate_vectors
 
         def recording_distill(*a: Any, **k: Any) -> Any:
             self.events.append(("distill", str(k.get("stop_after"))))
@@ -63,16 +79,16 @@ class Recorder:
         def recording_evaluate(model: Any, processor: Any, vectors: Any, items: Any, **k: Any) -> Any:
             splits = {self.split_of[it.question_id] for it in items}
             assert len(splits) == 1, splits
-            pools = {stage_lib.VQA_POOL if not it.is_icl else it.question_type for it in items}
+            pools = {VQA_POOL if not it.is_icl else it.question_type for it in items}
             self.events.append(("evaluate", splits.pop(), "zero-shot" if vectors is None else "vectors", *pools))
             return evaluate(model, processor, vectors, items, **k)
 
-        monkeypatch.setattr(stage_lib, "distill", recording_distill)
-        monkeypatch.setattr(stage_lib, "evaluate_vectors", recording_evaluate)
+        monkeypatch.setattr(pool_training, "distill", recording_distill)
+        monkeypatch.setattr(evaluation, "evaluate_vectors", recording_evaluate)
 
 
 def test_mimic_stage_selects_on_val_tests_once_and_registers_a_pyfunc(
-    workspace: Path, project: Path, monkeypatch: pytest.MonkeyPatch
+    workspace: Path, project: Path, monkeypatch: pytest.MonkeyPatch, kshot_prompts: list[int]
 ) -> None:
     import mlflow
     import pandas as pd
@@ -83,9 +99,18 @@ def test_mimic_stage_selects_on_val_tests_once_and_registers_a_pyfunc(
     from lmmops.stages import metrics_path, run_stage
     from lmmops.vectors import MimicVectors
 
+    # the icl-reference stage scores the 2-shot ICL reference (2 draws of 2-shot prompts per test item) ...
+    reference = _reference(workspace, project)
+    assert kshot_prompts and set(kshot_prompts) == {2}
+    assert json.loads(metrics_path(project, "icl-reference").read_text()) == reference
+    kshot_prompts.clear()
     recorder = Recorder(workspace, monkeypatch)
     cfg = _cfg(MimicStageConfig, workspace)
     metrics = run_stage("mimic", cfg, root=project)
+    # ... which mimic reads: the same numbers, no k-shot prompt generated
+    assert kshot_prompts == []
+    assert all(metrics[f"icl_acc/{p}"] == reference[f"icl_acc/{p}"] for p in POOLS)
+    assert metrics["icl_acc/mean"] == reference["icl_acc/mean"]
 
     # validation-only selection: val with vectors after each segment, the test split once per pool, at the end
     events = recorder.events
@@ -105,7 +130,7 @@ def test_mimic_stage_selects_on_val_tests_once_and_registers_a_pyfunc(
     expected = MimicVectors.for_adapter(adapter_for(tiny_model, tiny_processor)).num_parameters()
     assert metrics["trainable_params"] == expected
     assert metrics["gap_to_icl/mean"] == pytest.approx(metrics["icl_acc/mean"] - metrics["test_acc/mean"])
-    assert metrics["icl_draws"] == cfg.icl_draws == 2
+    assert metrics["icl_draws"] == reference["icl_draws"] == 2
     for p in POOLS:  # the paired gap on the same items: its mean is the difference of the two accuracies
         assert metrics[f"gap_to_icl/{p}"] == pytest.approx(metrics[f"icl_acc/{p}"] - metrics[f"test_acc/{p}"])
         assert metrics[f"test_items/{p}"] >= 1
@@ -184,7 +209,7 @@ def test_mimic_stage_selects_on_val_tests_once_and_registers_a_pyfunc(
 
 
 def test_live_stage_with_a_registered_base_resumes_and_respects_the_margin(
-    workspace: Path, project: Path, monkeypatch: pytest.MonkeyPatch
+    workspace: Path, project: Path, monkeypatch: pytest.MonkeyPatch, kshot_prompts: list[int]
 ) -> None:
     import mlflow
     import pandas as pd
@@ -199,8 +224,11 @@ def test_live_stage_with_a_registered_base_resumes_and_respects_the_margin(
         run = tracking.StageRun(mlflow.active_run().info.run_id, "", project)
         base_version = tracking.register_model(tracking.log_model_dir(run, workspace / "model", "model"),
                                                "lmmops-base")
+    reference = _reference(workspace, project)
+    kshot_prompts.clear()
     cfg = _cfg(LiveStageConfig, workspace)
     first = run_stage("live", cfg, root=project)
+    assert all(first[f"icl_acc/{p}"] == reference[f"icl_acc/{p}"] for p in POOLS)
     manifest = json.loads((project / "models/live/manifest.json").read_text())
     assert manifest["base_model"] == {"name": "lmmops-base", "version": base_version, "registered": True,
                                       "path": str(workspace / "model")}
@@ -212,17 +240,9 @@ def test_live_stage_with_a_registered_base_resumes_and_respects_the_margin(
     from lmmops.vectors import train as train_mod
 
     monkeypatch.setattr(train_mod, "sample_step", lambda *a, **k: steps_run.append(k["step"]) or [])
-    # ... and reads each pool's k-shot ICL reference kept by the first run (the same numbers, no k-shot generation)
-    assert len(list((project / "checkpoints/icl_reference").glob("*.json"))) == len(POOLS)
-    generate, demos_generated = stage_lib._generate, []
-
-    def recording_generate(runner: Any, prompts: Any, *a: Any) -> Any:
-        demos_generated.extend(len(demos) for demos, _query in prompts if demos)
-        return generate(runner, prompts, *a)
-
-    monkeypatch.setattr(stage_lib, "_generate", recording_generate)
+    # ... and, as the first, reads the icl-reference stage's output (the same numbers, no k-shot generation)
     second = run_stage("live", dataclasses.replace(cfg, promote_margin=0.5), root=project)
-    assert steps_run == [] and second == first and demos_generated == []
+    assert steps_run == [] and second == first and kshot_prompts == []
     assert [e[1] for e in recorder.events if e[0] == "distill"] == ["2", "4"] * len(POOLS)
     assert tracking.alias_version("lmmops-live", "challenger") == "2"
     assert tracking.alias_version("lmmops-live", "champion") == "1"
@@ -260,29 +280,40 @@ def test_promotion_reads_the_val_accuracy_tags(project: Path) -> None:
         tracking.promote_by_tag("lmmops-test", untagged, tag="val_acc_mean", margin=0.0)
 
 
-def test_bad_tasks_fail_before_training(workspace: Path, project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bad_tasks_and_a_mismatched_reference_fail_before_training(workspace: Path, project: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     from lmmops import models
     from lmmops.stages import run_stage
+    from lmmops.vectors.icl_reference import IclReferenceMismatch
+
+    _reference(workspace, project)
 
     def no_model(*a: Any, **k: Any) -> Any:
         raise AssertionError("the model was loaded")
 
     monkeypatch.setattr(models, "load_model", no_model)
-    monkeypatch.setattr(stage_lib, "distill", no_model)
+    monkeypatch.setattr(pool_training, "distill", no_model)
     with pytest.raises(ValueError, match=r"live\.tasks: unknown task pool 'icl/colour/fr'.*icl/colour/en"):
         run_stage("live", _cfg(LiveStageConfig, workspace, tasks=("vqa", "icl/colour/fr")), root=project)
     with pytest.raises(ValueError, match=r"mimic\.tasks: pool 'icl/colour/en' has 4 train items; 16-shot"):
         run_stage("mimic", _cfg(MimicStageConfig, workspace, shots=16), root=project)
+    # the ICL reference must be the icl-reference stage's output for the same pools, shots and decoding
+    with pytest.raises(FileNotFoundError, match=r"no ICL reference at .*elsewhere.*dvc repro icl-reference"):
+        run_stage("live", _cfg(LiveStageConfig, workspace, icl_reference="elsewhere"), root=project)
+    with pytest.raises(IclReferenceMismatch, match=r"reports/icl_reference/manifest\.json: decoding\.max_new_tokens"
+                                                   r" is 3 there, mimic evaluates with 4; run `dvc repro icl-refer"):
+        run_stage("mimic", _cfg(MimicStageConfig, workspace, max_new_tokens=4), root=project)
+    with pytest.raises(IclReferenceMismatch, match=r"shots is 2 there, live evaluates with 3"):
+        run_stage("live", _cfg(LiveStageConfig, workspace, shots=3), root=project)
 
 
 def test_selection_keeps_the_best_val_segment_and_resumes_it(workspace: Path, tmp_path: Path) -> None:
     from lmmops.data.loaders import load_vqa
     from lmmops.models import load_model
-    from lmmops.vectors.train import DistillConfig
 
     model, processor = load_model(workspace / "model")
-    pool = stage_lib.task_pools(load_vqa(workspace / "data", "train"))["vqa"]
-    cfg = DistillConfig(method="live", shots=2, steps=6, batch_size=4, lr=0.05, log_every=1, threads=1)
+    pool = task_pools(load_vqa(workspace / "data", "train"))["vqa"]
+    cfg = tiny_distill("live", train={"steps": 6, "lr": 0.05})
     scores = iter([0.2, 0.9, 0.5])
     seen: list[dict[str, torch.Tensor]] = []
 
@@ -290,17 +321,17 @@ def test_selection_keeps_the_best_val_segment_and_resumes_it(workspace: Path, tm
         seen.append({k: v.detach().clone() for k, v in vectors.state_dict().items()})
         return next(scores)
 
-    result = stage_lib.train_and_select(cfg, model, processor, pool, rounds=3, checkpoint_dir=tmp_path,
-                                        evaluate_val=fake_val)
-    assert stage_lib.segment_ends(6, 3) == [2, 4, 6] and stage_lib.segment_ends(2, 3) == [1, 2]
+    result = pool_training.train_and_select(cfg, model, processor, pool, rounds=3, checkpoint_dir=tmp_path,
+                                            evaluate_val=fake_val)
+    assert pool_training.segment_ends(6, 3) == [2, 4, 6] and pool_training.segment_ends(2, 3) == [1, 2]
     assert result.step == 4 and result.val_acc == 0.9 and [r["step"] for r in result.rounds] == [2.0, 4.0, 6.0]
     assert all(torch.equal(v, seen[1][k]) for k, v in result.vectors.state_dict().items())
     assert not torch.equal(seen[0]["vectors"], seen[2]["vectors"])  # training moved the vectors
 
     # resumed after the last segment: each segment end's vectors come back from its snapshot
     again: list[dict[str, torch.Tensor]] = []
-    stage_lib.train_and_select(cfg, model, processor, pool, rounds=3, checkpoint_dir=tmp_path,
-                               evaluate_val=lambda v: again.append(dict(v.state_dict())) or 0.0)
+    pool_training.train_and_select(cfg, model, processor, pool, rounds=3, checkpoint_dir=tmp_path,
+                                   evaluate_val=lambda v: again.append(dict(v.state_dict())) or 0.0)
     assert all(torch.equal(a[k], s[k]) for a, s in zip(again, seen, strict=True) for k in s)
 
 
@@ -308,21 +339,21 @@ def test_selection_keeps_the_best_val_segment_and_resumes_it(workspace: Path, tm
 def test_pools_trained_in_two_processes_equal_the_sequential_run(workspace: Path, tmp_path: Path, method: str) -> None:
     from lmmops.data.loaders import load_vqa
     from lmmops.models import load_model
-    from lmmops.vectors.train import DistillConfig
 
     model, processor = load_model(workspace / "model")
-    splits = {s: load_vqa(workspace / "data", s) for s in stage_lib.SPLITS}
-    pools = stage_lib.select_pools(splits, POOLS, shots=2, where="test.tasks")
-    cfg = DistillConfig(method=method, shots=2, steps=4, batch_size=4, lr=0.05, log_every=1, threads=1)
+    splits = {s: load_vqa(workspace / "data", s) for s in SPLITS}
+    pools = select_pools(splits, POOLS, shots=2, where="test.tasks")
+    cfg = tiny_distill(method, train={"lr": 0.05})
     eval_kw = {"batch_size": 16, "max_new_tokens": 3}
     runs: dict[int, tuple[dict[str, Any], list[tuple[str, int]], list[str]]] = {}
     for workers in (1, 2):
         logged: list[tuple[str, int]] = []
         finished: list[str] = []
-        out = stage_lib.train_pools(cfg, model, processor, pools, rounds=2, checkpoint_dir=tmp_path / str(workers),
-                                    eval_kw=eval_kw, workers=workers, model_spec=str(workspace / "model"),
-                                    on_log=lambda pool, step, values, logged=logged: logged.append((pool, step)),
-                                    on_pool=lambda r, finished=finished: finished.append(r.pool), progress=False)
+        out = pool_training.train_pools(cfg, model, processor, pools, rounds=2,
+                                        checkpoint_dir=tmp_path / str(workers), eval_kw=eval_kw, workers=workers,
+                                        model_spec=str(workspace / "model"),
+                                        on_log=lambda pool, step, values, logged=logged: logged.append((pool, step)),
+                                        on_pool=lambda r, finished=finished: finished.append(r.pool), progress=False)
         runs[workers] = (out, logged, finished)
     (seq, seq_log, seq_done), (par, par_log, par_done) = runs[1], runs[2]
     assert list(par) == list(seq) == list(POOLS) and sorted(par_done) == sorted(seq_done) == sorted(POOLS)
@@ -336,8 +367,8 @@ def test_pools_trained_in_two_processes_equal_the_sequential_run(workspace: Path
         sa, sb = a.vectors.state_dict(), b.vectors.state_dict()
         assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa), pool  # bit-identical
     with pytest.raises(ValueError, match="model_spec"):
-        stage_lib.train_pools(cfg, model, processor, pools, rounds=2, checkpoint_dir=tmp_path / "x", eval_kw=eval_kw,
-                              workers=2)
+        pool_training.train_pools(cfg, model, processor, pools, rounds=2, checkpoint_dir=tmp_path / "x",
+                                  eval_kw=eval_kw, workers=2)
 
 
 @pytest.mark.slow
@@ -350,11 +381,11 @@ def test_two_ranks_under_torchrun_track_and_register_once(workspace: Path, proje
     from lmmops.tracking import STAGE_TAG
 
     repo = Path(__file__).resolve().parents[2]
-    live = {"data_dir": str(workspace / "data"), "model": str(workspace / "model"), "tasks": ["icl/colour/en"],
-            "shots": 2, "steps": 2, "batch_size": 4, "selection_rounds": 1, "eval_batch_size": 16,
-            "max_new_tokens": 3, "latency_repeats": 1, "log_every": 1, "threads": 1,
-            "deepspeed": str(repo / "infra/deepspeed/zero2.json")}
+    live = merged(TINY["live"], {"data_dir": str(workspace / "data"), "model": str(workspace / "model"),
+                                 "tasks": ["icl/colour/en"], "train": {"steps": 2}, "selection_rounds": 1,
+                                 "deepspeed": str(repo / "infra/deepspeed/zero2.json")})
     (project / "params.yaml").write_text(json.dumps({"live": live}))  # JSON is YAML
+    _reference(workspace, project)  # reports/icl_reference/, which live reads
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)
@@ -416,6 +447,7 @@ def test_nan_loss_fails_the_stage_run_and_keeps_the_last_good_checkpoint(
         return parts._replace(total=parts.total * float("nan")) if calls["n"] == 3 else parts
 
     monkeypatch.setattr(train_mod, "live_loss", nan_at_step_3)
+    _reference(workspace, project)
     cfg = _cfg(LiveStageConfig, workspace, tasks=("icl/colour/en",), checkpoint_dir="checkpoints/nan")
     with pytest.raises(NonFiniteLossError, match="step 3"):
         run_stage("live", cfg, root=project)

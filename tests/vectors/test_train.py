@@ -19,6 +19,7 @@ from PIL import Image
 from vectorutil import assert_state_equal, state_copy, tiny
 
 import lmmops.vectors.train as train_module
+from lmmops.config import DistillSettings
 from lmmops.data.schemas import VQAAnswer, VQAItem
 from lmmops.eval.metrics import normalize_answer
 from lmmops.models import ICLItem, PromptAlignmentError, adapter_for
@@ -36,6 +37,8 @@ from lmmops.vectors.train import (
     lr_factor,
     warmup_steps,
 )
+
+from testutil import tiny_distill
 
 COLOURS = ["red", "green", "blue", "yellow", "white", "black", "orange", "purple"]
 MULTIMODAL = ("idefics", "idefics2", "idefics3", "llava", "qwen2_vl", "qwen2_5_vl")
@@ -56,12 +59,6 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> list[VQAItem]:
         Image.new("RGB", (32, 32), colour).save(path)
         out.append(vqa_item(i, path, "What color is the shape in this picture?" if i % 2 else "Color?", colour))
     return out
-
-
-def config(method: str, **kw: Any) -> DistillConfig:
-    base = {"method": method, "shots": 2, "steps": 4, "batch_size": 4, "threads": 1, "log_every": 1,
-            "checkpoint_every": 1, "instruction": "Answer with one word."}
-    return DistillConfig(**{**base, **kw})
 
 
 # ----- sampling, schedule, alignment (pure) ---------------------------------------------------------
@@ -102,17 +99,18 @@ def test_pool_checks(pool):
 
 
 def test_lr_schedule_by_hand():
-    cfg = DistillConfig(steps=20, warmup_share=0.1)
+    cfg = tiny_distill("live", train={"steps": 20, "warmup_share": 0.1})
     assert warmup_steps(cfg, 20) == 2
     assert lr_factor(0, 20, 2) == 0.5 and lr_factor(1, 20, 2) == 1.0
     assert lr_factor(2, 20, 2) == 1.0
     assert lr_factor(11, 20, 2) == pytest.approx(0.5)  # halfway through the 18 cosine steps
     assert lr_factor(19, 20, 2) == pytest.approx(0.5 * (1 + math.cos(math.pi * 17 / 18)))
-    assert cfg.total_steps(100) == 20
-    assert DistillConfig(epochs=2.5, batch_size=4).total_steps(10) == 8  # ceil(2.5 * 3)
-    assert DistillConfig(method="mimic").vector_lr == 5e-3 and DistillConfig().vector_lr == 1e-3
+    assert cfg.method == "live" and tiny_distill("mimic").method == "mimic"  # the training settings' type
+    assert tiny_distill("mimic").vector_lr == 5e-3 and cfg.vector_lr == 1e-3  # lr None: the papers' learning rates
     with pytest.raises(ValueError, match="unknown method"):
-        DistillConfig(method="lora")
+        DistillConfig(train=DistillSettings(steps=1, lr=None), shots=2)
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        tiny_distill("live", train={"steps": 0})
 
 
 def test_teacher_and_student_tokens_align():
@@ -192,7 +190,8 @@ def test_right_padded_student_rows_match_each_prompt_alone(family, pool):
 def test_one_step_of_each_method_in_every_family(family, pool):
     model, processor = tiny(family)
     for method in ("live", "mimic"):
-        result = distill(config(method, steps=1, batch_size=2), model, processor, pool, progress=False)
+        cfg = tiny_distill(method, train={"steps": 1, "batch_size": 2})
+        result = distill(cfg, model, processor, pool, progress=False)
         assert math.isfinite(result.history[-1]["loss"]) and result.history[-1]["loss_distill"] >= 0
 
 
@@ -205,7 +204,7 @@ def test_training_changes_every_vector_and_no_base_weight(method, pool):
     before = state_copy(model)
     flags = [p.requires_grad for p in model.parameters()]
     logged: list[tuple[int, dict[str, float]]] = []
-    result = distill(config(method, seed=5), model, processor, pool, progress=False,
+    result = distill(tiny_distill(method, seed=5), model, processor, pool, progress=False,
                      on_log=lambda step, m: logged.append((step, m)))
     fresh = type(result.vectors).for_adapter(adapter_for(model, processor), seed=5)
     for name, value in result.vectors.state_dict().items():
@@ -222,25 +221,25 @@ def test_training_changes_every_vector_and_no_base_weight(method, pool):
 @pytest.mark.parametrize("method", ["live", "mimic"])
 def test_resume_continues_where_it_stopped_with_identical_results(method, pool, tmp_path):
     model, processor = tiny("llava")
-    straight = distill(config(method), model, processor, pool, progress=False)
-    first = distill(config(method), model, processor, pool, checkpoint_dir=tmp_path, stop_after=2, progress=False)
+    straight = distill(tiny_distill(method), model, processor, pool, progress=False)
+    first = distill(tiny_distill(method), model, processor, pool, checkpoint_dir=tmp_path, stop_after=2, progress=False)
     assert first.steps == 2 and first.checkpoint is not None and first.checkpoint.parent.name == first.key
     replayed: list[int] = []
-    resumed = distill(config(method), model, processor, pool, checkpoint_dir=tmp_path, progress=False,
+    resumed = distill(tiny_distill(method), model, processor, pool, checkpoint_dir=tmp_path, progress=False,
                       on_log=lambda step, _m: replayed.append(step))
     assert resumed.resumed_from == 2 and resumed.steps == 4 and replayed == [1, 2, 3, 4]
     for name, value in straight.vectors.state_dict().items():
         assert torch.equal(resumed.vectors.state_dict()[name], value), name
     assert [h["loss"] for h in resumed.history] == [h["loss"] for h in straight.history]
     # another config (or data) is another key: it starts from scratch
-    other = distill(config(method, lm_weight=0.25), model, processor, pool, checkpoint_dir=tmp_path,
+    other = distill(tiny_distill(method, train={"lm_weight": 0.25}), model, processor, pool, checkpoint_dir=tmp_path,
                     stop_after=1, progress=False)
     assert other.key != first.key and other.resumed_from == 0
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(pool, tmp_path, monkeypatch):
     model, processor = tiny("llava")
-    good = distill(config("live"), model, processor, pool, stop_after=2, progress=False)
+    good = distill(tiny_distill("live"), model, processor, pool, stop_after=2, progress=False)
     calls = {"n": 0}
 
     def nan_at_step_3(*args: Any, **kwargs: Any) -> LossParts:
@@ -250,14 +249,14 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(pool, tmp_path, monke
 
     monkeypatch.setattr(train_module, "live_loss", nan_at_step_3)
     with pytest.raises(NonFiniteLossError, match=r"step 3: loss nan.*holds step 2"):
-        distill(config("live"), model, processor, pool, checkpoint_dir=tmp_path, progress=False)
+        distill(tiny_distill("live"), model, processor, pool, checkpoint_dir=tmp_path, progress=False)
     (ckpt,) = tmp_path.glob("*/last.pt")
     state = torch.load(ckpt, weights_only=True)
     assert state["step"] == 2
     for name, value in good.vectors.state_dict().items():
         assert torch.equal(state["vectors"][name], value), name
     monkeypatch.setattr(train_module, "live_loss", live_loss)
-    resumed = distill(config("live"), model, processor, pool, checkpoint_dir=tmp_path, progress=False)
+    resumed = distill(tiny_distill("live"), model, processor, pool, checkpoint_dir=tmp_path, progress=False)
     assert resumed.resumed_from == 2 and resumed.steps == 4
 
 
@@ -276,8 +275,9 @@ def test_chunk_weights_by_hand():
 def test_micro_batches_accumulate_to_the_whole_batch(method, pool):
     """Rows differ in query and answer length (byte-level BPE): token-share weights still give the batch loss."""
     model, processor = tiny("llava")
-    whole = distill(config(method, steps=2), model, processor, pool, progress=False)
-    chunked = distill(config(method, steps=2, micro_batch_size=3), model, processor, pool, progress=False)
+    whole = distill(tiny_distill(method, train={"steps": 2}), model, processor, pool, progress=False)
+    chunked = distill(tiny_distill(method, train={"steps": 2, "micro_batch_size": 3}), model, processor, pool,
+                      progress=False)
     assert [h["loss"] for h in chunked.history] == pytest.approx([h["loss"] for h in whole.history], rel=1e-5)
     for name, value in whole.vectors.state_dict().items():
         assert torch.allclose(chunked.vectors.state_dict()[name], value, atol=1e-6), name

@@ -1,4 +1,4 @@
-"""Helpers for tests of lmmops.vectors: tiny models (built once per session), ICL items, state checks.
+"""Helpers for tests of lmmops.vectors: tiny models (built once per session), another query, state checks.
 
 Run: imported by the tests in this folder. Tiny models are cached by (family, seed) and must be left as they
 were found (every test that attaches vectors checks that detaching restores the model).
@@ -10,29 +10,14 @@ from functools import cache
 from typing import Any
 
 import torch
-from PIL import Image
 
 from lmmops.models import ICLItem, build_tiny
 
-
-def solid(color: str, size: int = 32) -> Image.Image:
-    return Image.new("RGB", (size, size), color)
-
-
-def items(family: str) -> tuple[list[ICLItem], ICLItem]:
-    """Two demonstrations and a query with answer (no images for text-only llama)."""
-
-    def image(color: str) -> Image.Image | None:
-        return None if family == "llama" else solid(color)
-
-    demos = [
-        ICLItem(image("red"), "What color is the shape?", "red"),
-        ICLItem(image("blue"), "What color is this one?", "dark blue"),
-    ]
-    return demos, ICLItem(image("green"), "And the color here?", "green zebra")
+from testutil import solid
 
 
 def other_query(family: str) -> ICLItem:
+    """A query other than testutil.icl_items' (no image for text-only llama)."""
     return ICLItem(None if family == "llama" else solid("yellow"), "Color?", "yellow")
 
 

@@ -34,6 +34,7 @@ from lmmops.data import layout
 from lmmops.data.synthetic.deepscaler import generate_deepscaler
 from lmmops.data.synthetic.diagrams import generate_multimodal, subset_plan
 from lmmops.data.synthetic.io import write_json
+from lmmops.data.synthetic.sokoban import generate_sokoban
 from lmmops.data.synthetic.vqa import generate_vqa
 
 __all__ = ["check_config", "generate_all"]
@@ -97,7 +98,6 @@ def _write_tree(cfg: GenerateConfig, out: Path, progress: bool) -> dict[str, Any
     with _bar("multimath+vermulti", sum(n for *_, n in subset_plan(cfg.multimodal)), progress) as tick:
         counts.update(generate_multimodal(cfg.multimodal, cfg.seed, out, tick, test_seed=cfg.test_seed))
     # Imported here: the Sokoban generator needs lmmops.rl (gymnasium), the other families do not.
-    from lmmops.data.synthetic.sokoban import generate_sokoban
 
     with _bar("sokoban", cfg.sokoban.train + cfg.sokoban.test, progress) as tick:
         counts["sokoban"] = generate_sokoban(cfg.sokoban, cfg.seed, out, tick, test_seed=cfg.test_seed)

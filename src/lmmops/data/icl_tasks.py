@@ -13,13 +13,13 @@ giving 9 tasks named "icl/<attribute>/<lexicon>" (stored as the VQA `question_ty
 can only guess the task. One demonstration identifies an "en" or "code" task by its attribute and
 lexicon, except that "en" and "alias" share half their words: a demo whose value is a fixed point of the
 alias lexicon (blue, yellow; triangle, cross; top left, bottom right) fits both, so those tasks need several
-demos to disambiguate and the accuracy-vs-shots curve keeps rising after 1 shot (STACK-NOTES: "overlapping
-lexicons"). One telling demo ("red" or "crimson" for a red image) settles it, and it is told by its words alone.
+demos to disambiguate and the accuracy-vs-shots curve keeps rising after 1 shot. One telling demo ("red" or
+"crimson" for a red image) settles it, and it is told by its words alone.
 
 Why not a permutation of the en words (the "swap" lexicon of earlier versions: red<->green, circle<->square,
 top right<->bottom left): there the twins share every word, and only comparing a demo's image with its answer
 tells them apart. The embedded default model (0.8M parameters, 15 minutes on 2 cores) never learnt that in
-any variant tried (models/bootstrap.py): it guessed between the twins whatever the demos showed, and its
+any variant tried (lmmops.models.bootstrap): it guessed between the twins whatever the demos showed, and its
 accuracy stayed flat from 1 to 8 shots. With the alias lexicon the same model reads the twin off the demos
 (twin rate 0) and its accuracy rises with every shot count. The ambiguity, and so the Bayes-optimal curve
 below, is the same as the swap lexicon's.

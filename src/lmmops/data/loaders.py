@@ -1,3 +1,4 @@
+# Over 500 lines: one loader per public format (five families), sharing path resolution and row errors.
 """Loaders for the real public formats: typed records for the pipeline, DataFrames for validation.
 
     from lmmops.data.loaders import load_vqa, load_deepscaler, load_multimath, load_vermulti, load_sokoban
@@ -46,6 +47,7 @@ from lmmops.data.schemas import (
     VQAAnswer,
     VQAItem,
 )
+from lmmops.data.synthetic.scenes import Scene
 
 __all__ = [
     "VQA_COLUMNS",
@@ -410,7 +412,6 @@ def load_vqa(data_dir: Path, split: str) -> list[VQAItem]:
 
 def load_vqa_scenes(data_dir: Path, split: str) -> dict[int, Any]:
     """Synthetic only: {image_id: Scene} from the scenes sidecar (what each generated image shows)."""
-    from lmmops.data.synthetic.scenes import Scene
 
     path = Path(data_dir) / layout.vqa_scenes_file(split)
     data = read_json(path, Path(data_dir))

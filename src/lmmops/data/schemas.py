@@ -13,10 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:  # lmmops.rl pulls in gymnasium; only needed when a level is actually built
-    from lmmops.rl.sokoban import Level
+from lmmops.eval.sokoban import Level
 
 
 class DataError(ValueError):
@@ -106,6 +105,4 @@ class SokobanItem:
     message: tuple[dict[str, Any], ...] | None = None
 
     def level(self) -> Level:
-        from lmmops.rl.sokoban import Level
-
         return Level.from_xsb("\n".join(self.grid))

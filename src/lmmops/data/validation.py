@@ -1,3 +1,4 @@
+# Over 500 lines: one Great Expectations suite per family and the one report that names file, row and field.
 """Great Expectations suites, one per dataset family, over the loaders' tabular views.
 
     from lmmops.data import validate_all
@@ -7,14 +8,14 @@
 
 How it works: `loaders.tabular_view` reads each family leniently (a missing field is a null); checks
 that need Python (the image file exists and decodes, the answer parses with math-verify, the Sokoban
-solution solves the level in SokobanEnv, ...) are precomputed into boolean columns; then one
-ExpectationSuite per family runs on an ephemeral GX context (pandas data source -> dataframe asset ->
+solution solves the level by `lmmops.eval.sokoban.step`, ...) are precomputed into boolean columns; then
+one ExpectationSuite per family runs on an ephemeral GX context (pandas data source -> dataframe asset ->
 whole-dataframe batch definition -> ValidationDefinition.run(batch_parameters={"dataframe": df})).
 Every unexpected row is mapped back to its file and row through the view's `_file` / `_row` columns
 (VQA annotation fields through `_ann_file` / `_ann_row`). A file that is not valid JSON, a missing
 family (one of cfg.families) or a missing split is reported as a failure too, without a suite.
 
-Math answers are checked with the reward's own code path (`lmmops.rl.rewards.verify_batch`, gold = the
+Math answers are checked with the reward's own code path (`lmmops.eval.scoring.verify_batch`, gold = the
 answer, prediction = the same answer): a gold the reward would skip fails validation; one that parses
 but does not verify against itself is only counted (`answers_not_self_verifying`: usually a timeout).
 
@@ -42,6 +43,8 @@ from lmmops.config import ValidateConfig
 from lmmops.data import layout
 from lmmops.data.loaders import VQA_FIELD_SOURCE, available_splits, parse_message, tabular_view
 from lmmops.data.schemas import DataError
+from lmmops.eval.scoring import verify_batch
+from lmmops.eval.sokoban import ACTIONS, Level, step
 
 __all__ = ["Failure", "ValidationReport", "validate_all", "validate_family"]
 
@@ -55,7 +58,6 @@ REQUIRED_SPLITS: dict[str, dict[str, tuple[str, ...]]] = {
     "sokoban": {"": layout.JSONL_SPLITS},
 }
 CONFIDENCES = {"yes", "maybe", "no"}
-ACTIONS = {"up", "down", "left", "right"}
 
 
 @dataclass(frozen=True)
@@ -174,10 +176,6 @@ def _answer_results(answers: list[str], timeout_s: float) -> dict[str, float | N
     unique = sorted(set(answers))
     if not unique:
         return {}
-    try:
-        from lmmops.rl.rewards import verify_batch
-    except ImportError:  # the RL package is optional for the data layer: fall back to math-verify
-        return {a: _parse_fallback(a, timeout_s) for a in unique}
     try:
         results = verify_batch([f"<think></think><answer>{a}</answer>" for a in unique], unique,
                                timeout_s=timeout_s)
@@ -327,8 +325,6 @@ def _grid(row: pd.Series) -> list[str] | None:
 
 
 def derive_sokoban(df: pd.DataFrame, data_dir: Path, cfg: ValidateConfig) -> Derived:
-    from lmmops.rl.sokoban import Level, SokobanEnv
-
     d = Derived()
     images = ImageChecker(data_dir, cfg.decode_images)
 
@@ -372,11 +368,9 @@ def derive_sokoban(df: pd.DataFrame, data_dir: Path, cfg: ValidateConfig) -> Der
             level = Level.from_xsb("\n".join(grid))
         except ValueError as exc:
             return False, f"level does not load: {exc}"
-        env = SokobanEnv(max_steps=len(solution) + 1, max_size=max(level.height, level.width))
-        env.reset(options={"level": level})
         for action in solution:
-            _, _, terminated, _, _ = env.step(action.lower())
-            if terminated:
+            level, _, solved = step(level, action.lower())
+            if solved:
                 return True, None
         return False, f"the {len(solution)} stored moves leave boxes off their targets"
 
@@ -456,7 +450,7 @@ def _suite_checks(family: str) -> list[Check]:
             unique=["id"], sets={},
             flags={"grid_ok": ("grid", "grid is XSB rows with one player, matching height/width"),
                    "boxes_match_targets": ("grid", "as many boxes as targets (and as num_boxes)"),
-                   "solution_solves": ("solution", "the stored solution solves the level in SokobanEnv"),
+                   "solution_solves": ("solution", "the stored solution, replayed move by move, solves the level"),
                    "image_ok": ("image", "image file exists and decodes")},
             minimums={"height": 3, "width": 3, "num_boxes": 1},
         )

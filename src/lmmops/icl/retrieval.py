@@ -1,4 +1,4 @@
-"""Demonstration retrieval strategies over a support set (PAPERS.md §1): which k support items to show
+"""Demonstration retrieval strategies over a support set (docs/methods.md §1): which k support items to show
 before each query.
 
     from lmmops.icl.retrieval import Retriever, STRATEGIES, retrieve, demos_for

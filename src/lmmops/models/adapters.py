@@ -1,9 +1,10 @@
+# Over 500 lines: one adapter per model family over one base class: the family details live here and nowhere else.
 """One small adapter per model family: where the decoder layers, attention and MLP are, and prompts.
 
 `adapter_for(model, processor=None)` picks the adapter from the model's class (PEFT wrappers are unwrapped;
 subclasses of a covered class are accepted). An adapter exposes the language model's structure
-(`decoder_layers`, `self_attn_modules`, `mlp_modules`, `hidden_size`, `num_layers`, `num_heads`,
-`num_kv_heads`, `head_dim`, `attn_implementation`), the LIVE intervention site of the family
+(`decoder_layers`, `self_attn_modules`, `out_projections`, `mlp_modules`, `hidden_size`, `num_layers`,
+`num_heads`, `num_kv_heads`, `head_dim`, `attn_implementation`), the LIVE intervention site of the family
 (`live_site`: "layer_output" or "mlp_output") and `build_prompt(s)`, which interleaves images and text in the
 family's own format and returns a `PromptBatch` with exact token spans of the prefix, the demonstrations,
 the query and the query's answer.
@@ -47,7 +48,7 @@ Run: `python -c "from lmmops.models import build_tiny, adapter_for; m, p = build
 print(adapter_for(m, p).num_kv_heads)"`.
 
 Departures from the references: one shared template for every family (the reference codes each hard-code
-their own); LIVE site per family as PAPERS.md §3 says (layer output for Idefics v1, MLP output otherwise).
+their own); LIVE site per family as docs/methods.md §5 says (layer output for Idefics v1, MLP output otherwise).
 """
 
 from __future__ import annotations
@@ -141,6 +142,15 @@ class ModelAdapter:
     @property
     def mlp_modules(self) -> list[nn.Module]:
         return [layer.mlp for layer in self.decoder_layers]
+
+    @property
+    def out_projections(self) -> list[nn.Linear]:
+        """Each decoder layer's attention output projection (`o_proj`): its input is the attention output of all
+        heads (head h at columns h*head_dim:(h+1)*head_dim), before the projection."""
+        found = [getattr(attn, "o_proj", None) for attn in self.self_attn_modules]
+        if not all(isinstance(m, nn.Linear) for m in found):
+            raise NotImplementedError(f"{self.family}: the self-attention modules have no nn.Linear `o_proj`")
+        return found  # type: ignore[return-value]
 
     @property
     def hidden_size(self) -> int:
@@ -654,6 +664,11 @@ _BY_FAMILY: dict[str, type[ModelAdapter]] = {a.family: a for a in ADAPTERS}
 def supported_families() -> dict[str, tuple[str, ...]]:
     """Family name -> the transformers model classes its adapter covers."""
     return {a.family: a.model_classes for a in ADAPTERS}
+
+
+def image_feature_families() -> tuple[str, ...]:
+    """The families whose adapter gives per-image features (`has_image_features`)."""
+    return tuple(a.family for a in ADAPTERS if a.has_image_features)
 
 
 def supported_text() -> str:

@@ -8,11 +8,10 @@ Specs accepted by `load_model(spec)`:
                                 same directory;
   <dir>/<name>.gguf             a GGUF file, through `AutoModelForCausalLM.from_pretrained(dir,
                                 gguf_file=name)` (needs the gguf and accelerate packages); the tokenizer
-                                comes from the GGUF metadata;
-  models:/<name>@<alias>, models:/<name>/<version>, runs:/<run_id>/<path>, and other MLflow URIs
-                                (anything with a `scheme:/` prefix): downloaded to a local directory by
-                                `lmmops.tracking.download_artifacts(uri)` (the only module that talks to
-                                MLflow), then loaded as a directory.
+                                comes from the GGUF metadata.
+Registry and artifact URIs (`models:/<name>@<alias>`, `runs:/<run_id>/<path>`, anything with a `scheme:/`
+prefix) are refused with a `ModelLoadError`: `lmmops.models` resolves no registry URIs, the caller downloads
+them first (`lmmops.tracking.resolve_model_spec`, as the stages do) and passes the local directory.
 Every hub access is disabled (`local_files_only=True`). Failures raise `ModelLoadError` (a ValueError)
 naming the path or class and listing the supported families.
 
@@ -24,7 +23,6 @@ accepted here on purpose (no network): download a checkpoint and pass its direct
 
 from __future__ import annotations
 
-import importlib
 import json
 import re
 from pathlib import Path
@@ -59,12 +57,6 @@ def _is_uri(spec: str) -> bool:
     return bool(_URI.match(spec))
 
 
-def _download(uri: str) -> Path:
-    """Fetch an MLflow model/artifact URI to a local directory through lmmops.tracking (lazy import)."""
-    tracking = importlib.import_module("lmmops.tracking")  # only lmmops.tracking imports mlflow
-    return Path(tracking.download_artifacts(uri))
-
-
 def load_model(
     spec: str | Path,
     *,
@@ -72,7 +64,7 @@ def load_model(
     device: str | torch.device = "cpu",
     attn_implementation: str | None = None,
 ) -> tuple[PreTrainedModel, Any]:
-    """`(model, processor)` for a tiny family, a local checkpoint directory, a GGUF file or an MLflow URI.
+    """`(model, processor)` for a tiny family, a local checkpoint directory or a GGUF file.
 
     The model is in eval mode on `device`, in `dtype` when given (else as saved). For text-only models the
     processor is the tokenizer.
@@ -85,23 +77,14 @@ def load_model(
         model, processor = build_tiny(family, attn_implementation=attn_implementation)
         return _place(model, dtype, device), processor
     if _is_uri(spec):
-        local = _checkpoint_dir(_download(spec))
-        try:
-            return load_model(local, dtype=dtype, device=device, attn_implementation=attn_implementation)
-        except ModelLoadError as err:
-            raise ModelLoadError(f"{spec} (downloaded to {local}): {err}") from err
+        raise ModelLoadError(
+            f"{spec!r} is a URI: load_model loads local checkpoints only; the caller resolves registry and "
+            "artifact URIs to a local directory first (lmmops.tracking.resolve_model_spec, as the stages do)"
+        )
     path = Path(spec).expanduser()
     if path.suffix == ".gguf":
         return _load_gguf(path, dtype=dtype, device=device, attn_implementation=attn_implementation)
     return _load_dir(path, dtype=dtype, device=device, attn_implementation=attn_implementation)
-
-
-def _checkpoint_dir(local: Path) -> Path:
-    """The checkpoint inside a downloaded artifact tree: `local` itself, or its only nested config.json's dir."""
-    if (local / "config.json").is_file():
-        return local
-    found = sorted(p.parent for p in local.glob("**/config.json"))
-    return found[0] if len(found) == 1 else local
 
 
 def _place(model: PreTrainedModel, dtype: torch.dtype | None, device: str | torch.device) -> PreTrainedModel:
@@ -138,7 +121,7 @@ def _load_dir(
         what = "directory" if not path.exists() else "config.json in directory"
         raise ModelLoadError(
             f"no model at {path}: missing {what}; expected tiny:<family>, a save_pretrained directory, "
-            f"a .gguf file or an MLflow URI (models:/..., runs:/...); supported families: {supported_text()}"
+            f"or a .gguf file; supported families: {supported_text()}"
         )
     try:
         json.loads(config_file.read_text())

@@ -16,7 +16,7 @@ Answer-only losses use `answer_mask` / `labels()`; MimIC-style alignment uses `q
 Run: built by `ModelAdapter.build_prompt(s)`; `python -m pytest tests/models -q` exercises it.
 
 Departures from the references: the LIVE reference computes its LM loss over the whole sequence and the
-student prompt lacks the inference instruction (PAPERS.md §3 names both as defects): here the answer span
+student prompt lacks the inference instruction (docs/methods.md §5 names both as defects): here the answer span
 is exact and the instruction is one argument shared by teacher, student and inference prompts.
 """
 

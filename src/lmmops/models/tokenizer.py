@@ -122,7 +122,7 @@ def build_word_tokenizer(
     """A word-level tokenizer whose vocabulary is every word, punctuation mark and digit of `corpus`.
 
     Why: with a few hundred whole words, every ICL answer is one or two tokens and sequences are short, so
-    a tiny model trains in minutes (STACK-NOTES). Digits are single tokens (arithmetic works digit by
+    a tiny model trains in minutes. Digits are single tokens (arithmetic works digit by
     digit; a number's first digit carries its leading space) and every printable ASCII character is in the
     vocabulary, so only unseen *words* become `unk_token`. Words carry their leading space (`▁word`), so
     `decode` restores the text exactly, including the no-space joins the reasoning format needs

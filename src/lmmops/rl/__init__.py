@@ -1,6 +1,6 @@
-"""Reinforcement learning for LMM-R1 (PAPERS.md section 5): rule-based rewards, the Sokoban environment,
-and (later) rollouts, advantages, PPO/GRPO losses and the two-stage trainer.
+"""Reinforcement learning for LMM-R1 (docs/methods.md §8): the Sokoban environment, and (later) rollouts,
+advantages, PPO/GRPO losses and the two-stage trainer.
 
-Modules: `rewards` (format, accuracy and total rewards; safe math verification), `sokoban` (levels,
-generator, solver, renderer, gymnasium environment, Sokoban reward).
+Modules: `sokoban` (the gymnasium environment). The rewards are the shared scorers of `lmmops.eval`
+(`scoring`: format, accuracy and total; `sokoban`: the Sokoban rules and reward).
 """

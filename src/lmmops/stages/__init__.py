@@ -76,6 +76,13 @@ STAGES: dict[str, Stage] = {
              "copy/SQ/8shot", "copy/SQA/8shot", "TR", "TL", "seconds"),
         ),
         Stage(
+            "icl-reference",
+            "lmmops.stages.vectors:icl_reference",
+            "the test-split k-shot ICL reference of every task pool (random demos from the pool's train items) that "
+            "live and mimic read and check: per-item scores and timings in reports/icl_reference/",
+            ("icl_acc/mean", "pools", "seconds"),
+        ),
+        Stage(
             "live",
             "lmmops.stages.vectors:live",
             "distil LIVE vectors (per layer) from the k-shot ICL teacher, one set per task pool; select on val, test "
@@ -127,7 +134,9 @@ class StageContext:
         return p if p.is_absolute() else self.root / p
 
     def model_spec(self, spec: str) -> str:
-        """A `load_model` spec from params.yaml: URIs and `tiny:` as they are, a directory relative to the root."""
+        """A model spec from params.yaml: URIs and `tiny:` as they are, a directory relative to the root.
+
+        `load_model` takes no URI: pass the result through `tracking.resolve_model_spec` first."""
         if spec.startswith("tiny:") or "://" in spec or spec.startswith(("models:/", "runs:/")):
             return spec
         return str(self.path(spec))
@@ -153,7 +162,7 @@ def launcher_rank() -> int:
 def run_stage(name: str, cfg: Any | None = None, *, root: Path | None = None,
               params_path: Path | None = None) -> dict[str, float]:
     """Run stage `name` with `cfg` (or its section of params.yaml) inside a tracked MLflow run."""
-    from lmmops import tracking
+    from lmmops import tracking  # here, not at the top: mlflow costs ~1.5 s to every `lmmops` command and flow
 
     if name not in STAGES:
         raise ValueError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")

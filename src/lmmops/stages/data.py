@@ -16,6 +16,7 @@ from pathlib import Path
 
 from lmmops import tracking
 from lmmops.config import GenerateConfig, ValidateConfig
+from lmmops.data import generate_all, tabular_views, validate_all
 from lmmops.stages import StageContext, StageFailed, write_json_atomic
 from lmmops.storage.dvc import dvc_add
 
@@ -42,8 +43,6 @@ def _holds_real_data(data_dir: Path) -> bool:
 
 
 def generate(cfg: GenerateConfig, ctx: StageContext) -> dict[str, float]:
-    from lmmops.data import generate_all
-
     data_dir = ctx.path(cfg.out_dir)
     if not cfg.synthetic:
         # Real datasets dropped into data/: nothing to write, only version what is there.
@@ -77,8 +76,6 @@ def generate(cfg: GenerateConfig, ctx: StageContext) -> dict[str, float]:
 
 
 def validate(cfg: ValidateConfig, ctx: StageContext) -> dict[str, float]:
-    from lmmops.data import tabular_views, validate_all
-
     data_dir = ctx.path(cfg.data_dir)
     report = validate_all(cfg, ctx.root)
     text = report.format()

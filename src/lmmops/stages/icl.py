@@ -1,4 +1,5 @@
-"""Stage implementations of ICL configuration (PAPERS.md §1): `index` and `icl-eval` (glue: lmmops.icl -> MLflow/DVC).
+"""Stage implementations of ICL configuration (docs/methods.md §1-2): `index` and `icl-eval` (glue: lmmops.icl ->
+MLflow/DVC).
 
     lmmops index       embed the support split (image: the base model's own vision features; question and
                        question+answer: MiniLM) into faiss indexes under models/index/<space>/, and store the
@@ -24,8 +25,28 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from lmmops import tracking
 from lmmops.config import ICLEvalConfig, IndexConfig
+from lmmops.data.loaders import load_vqa
+from lmmops.eval import plots
+from lmmops.icl import ModelImageEmbedder, PixelImageEmbedder, TextEmbedder
+from lmmops.icl.cache import DemoFeatureCache, image_key
+from lmmops.icl.experiment import (
+    check_plan,
+    curves,
+    explain_findings,
+    findings,
+    flat_metrics,
+    plan_runs,
+    results_table,
+    run_spec,
+)
+from lmmops.icl.index import VectorIndex
+from lmmops.icl.inference import ICLRunner
+from lmmops.icl.retrieval import STRATEGIES, PooledRetriever, Retriever
+from lmmops.models import load_model
 from lmmops.stages import StageContext, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -47,25 +68,16 @@ def data_version(ctx: StageContext, data_dir: Path) -> str:
 
 
 def _embedders(kind: str, model: Any, processor: Any, batch_size: int) -> tuple[Any, Any]:
-    from lmmops.icl import ModelImageEmbedder, PixelImageEmbedder, TextEmbedder
-
     image = ModelImageEmbedder(model, processor, batch_size=batch_size) if kind == "model" else PixelImageEmbedder()
     return TextEmbedder(batch_size=batch_size), image
 
 
 def index(cfg: IndexConfig, ctx: StageContext) -> dict[str, float]:
-    import torch
-
-    from lmmops.data.loaders import load_vqa
-    from lmmops.icl.cache import DemoFeatureCache
-    from lmmops.icl.retrieval import Retriever
-    from lmmops.models import load_model
-
     torch.set_num_threads(cfg.threads)
     data_dir = ctx.path(cfg.data_dir)
     support = load_vqa(data_dir, cfg.support_split)
     version = data_version(ctx, data_dir)
-    model, processor = load_model(ctx.model_spec(cfg.model))
+    model, processor = load_model(tracking.resolve_model_spec(ctx.model_spec(cfg.model)))
     text, image = _embedders(cfg.image_embedder, model, processor, cfg.batch_size)
     retriever = Retriever(support, text_embedder=text, image_embedder=image, index_kind=cfg.kind, data_version=version)
 
@@ -85,7 +97,6 @@ def index(cfg: IndexConfig, ctx: StageContext) -> dict[str, float]:
         cache.save(tmp / CACHE_DIR)
         cache_name = cache.manifest.model
         # The image index reuses the cached features: the vision tower runs once per support image.
-        from lmmops.icl.cache import image_key
 
         retriever.use_vectors("image", image.pool([cache.get(image_key(it.image_path)) for it in support]))
         metrics["cached_images"] = float(len(cache))
@@ -119,25 +130,6 @@ def load_index_summary(index_dir: Path) -> dict[str, Any]:
 
 def icl_eval(cfg: ICLEvalConfig, ctx: StageContext) -> dict[str, float]:
     import matplotlib.pyplot as plt
-    import torch
-
-    from lmmops.data.loaders import load_vqa
-    from lmmops.eval import plots
-    from lmmops.icl.cache import DemoFeatureCache
-    from lmmops.icl.experiment import (
-        check_plan,
-        curves,
-        explain_findings,
-        findings,
-        flat_metrics,
-        plan_runs,
-        results_table,
-        run_spec,
-    )
-    from lmmops.icl.index import VectorIndex
-    from lmmops.icl.inference import ICLRunner
-    from lmmops.icl.retrieval import STRATEGIES, PooledRetriever, Retriever
-    from lmmops.models import load_model
 
     torch.set_num_threads(cfg.threads)
     data_dir, index_dir = ctx.path(cfg.data_dir), ctx.path(cfg.index_dir)
@@ -155,7 +147,7 @@ def icl_eval(cfg: ICLEvalConfig, ctx: StageContext) -> dict[str, float]:
     queries = load_vqa(data_dir, cfg.query_split)
     if cfg.max_queries:
         queries = queries[: cfg.max_queries]
-    model, processor = load_model(ctx.model_spec(cfg.model))
+    model, processor = load_model(tracking.resolve_model_spec(ctx.model_spec(cfg.model)))
     text, image = _embedders(summary["image_embedder"], model, processor, 64)
     retriever = Retriever(support, text_embedder=text, image_embedder=image, data_version=version)
     indexes = {space: VectorIndex.load(index_dir / space, embedder_name=retriever.index_name(space),

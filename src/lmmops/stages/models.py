@@ -4,8 +4,8 @@
                         evaluate it on the held-out test splits, save it to models/base (a DVC output),
                         log it to MLflow and register it as `lmmops-base` with alias `champion`
 
-The trainer and the evaluations live in `lmmops.models.bootstrap`; this module records their results:
-per-step losses (MLflow metrics with step=), a loss-curve PNG, sample generations, the eval table.
+The trainer lives in `lmmops.models.bootstrap`, the evaluations in `lmmops.evaluation`; this module records
+their results: per-step losses (MLflow metrics with step=), a loss-curve PNG, sample generations, the eval table.
 The returned metrics (metrics/bootstrap.json) hold no timings, so that the file is deterministic;
 the training wall time is logged to MLflow as `train_seconds`.
 """
@@ -17,8 +17,14 @@ import logging
 import shutil
 from typing import Any
 
+import torch
+
 from lmmops import tracking
 from lmmops.config import BootstrapConfig
+from lmmops.data.loaders import load_deepscaler, load_vqa
+from lmmops.evaluation.icl import evaluate_icl
+from lmmops.evaluation.reasoning import evaluate_reasoning
+from lmmops.models.bootstrap import count_params, train
 from lmmops.stages import StageContext
 
 log = logging.getLogger(__name__)
@@ -65,11 +71,6 @@ def eval_table(metrics: dict[str, float], shots: tuple[int, ...]) -> str:
 
 
 def bootstrap(cfg: BootstrapConfig, ctx: StageContext) -> dict[str, float]:
-    import torch
-
-    from lmmops.data.loaders import load_deepscaler, load_vqa
-    from lmmops.models.bootstrap import count_params, evaluate_icl, evaluate_reasoning, train
-
     torch.set_num_threads(cfg.threads)
     data_dir = ctx.path(cfg.data_dir)
 

@@ -28,82 +28,37 @@ tests/vectors/test_baselines.py -q`.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from typing import Any
 
+import torch
+from tqdm import tqdm
+
+from lmmops import tracking
 from lmmops.config import VectorBaselinesConfig, to_dict
+from lmmops.data.loaders import load_vqa
+from lmmops.eval.analysis import mean_without
+from lmmops.icl.inference import decoding
+from lmmops.models import load_model
 from lmmops.stages import StageContext, write_json_atomic
+from lmmops.stages.icl import data_version
+from lmmops.vectors import baselines as bl
+from lmmops.vectors.pools import task_pools
+from lmmops.vectors.reporting import baselines_markdown, pool_means
+from lmmops.vectors.workers import map_in_workers, worker_model
 
 log = logging.getLogger(__name__)
-
-VQA_POOL = "vqa"  # the ordinary (non-ICL) VQA questions as one pool
-
-
-def task_pools(items: list[Any], names: tuple[str, ...] = ()) -> dict[str, list[Any]]:
-    """{pool name: items}: ICL tasks (lmmops.data.icl_tasks order) then "vqa"; `names` picks (and orders) them."""
-    from lmmops.data.icl_tasks import group_by_task
-
-    pools = group_by_task(items)
-    pools[VQA_POOL] = [it for it in items if not it.is_icl]
-    if not names:
-        return {name: pool for name, pool in pools.items() if pool}
-    unknown = [n for n in names if n not in pools]
-    if unknown:
-        raise ValueError(f"vector-baselines.tasks: unknown pool {unknown[0]!r}; pools: {', '.join(pools)}")
-    return {name: pools[name] for name in names}
-
-
-def results_markdown(table: dict[str, dict[str, float]], columns: list[str], params: dict[str, int],
-                     latency: dict[str, float], nodup: dict[str, dict[str, float]] | None = None,
-                     items: dict[str, tuple[int, int]] | None = None) -> str:
-    """Test accuracy per pool (rows) and method (columns), the mean, trainable parameters and latency; with
-    `nodup` ({pool: {method: accuracy}} without the near-duplicate test items) and `items` ({pool: (test items
-    without near-duplicates, all test items)}), a second table of the accuracies without the near-duplicates."""
-    head = "| pool | " + " | ".join(columns) + " |\n|---|" + "---|" * len(columns) + "\n"
-    rows = [f"| {pool} | " + " | ".join(f"{100 * accs[c]:.1f}" for c in columns) + " |" for pool, accs in table.items()]
-    mean = {c: sum(accs[c] for accs in table.values()) / len(table) for c in columns}
-    rows.append("| **mean** | " + " | ".join(f"**{100 * mean[c]:.1f}**" for c in columns) + " |")
-    rows.append("| trainable params | " + " | ".join(f"{params.get(c, 0):,}" for c in columns) + " |")
-    rows.append("| latency vs zero-shot | " + " | ".join(f"{latency.get(c, 1.0):.2f}x" for c in columns) + " |")
-    text = ("Test accuracy (%, VQA accuracy) of each baseline per task pool; every choice made on the val split.\n\n"
-            + head + "\n".join(rows) + "\n")
-    if nodup is None:
-        return text
-    counts = items or {}
-    mean_nodup = nodup_means(nodup, columns)
-    rows = [f"| {pool} | " + " | ".join(f"{100 * accs[c]:.1f}" if c in accs else "-" for c in columns)
-            + " | {} (of {}) |".format(*counts.get(pool, ("-", "-"))) for pool, accs in nodup.items()]
-    rows.append("| **mean** | " + " | ".join(f"**{100 * mean_nodup[c]:.1f}**" if c in mean_nodup else "-"
-                                             for c in columns)
-                + f" | {sum(n for n, _ in counts.values())} (of {sum(t for _, t in counts.values())}) |")
-    return (text + "\nWithout near-duplicates (the test items that near-copy a train item by design, the synthetic "
-            "generator's near_duplicate_share, left out; the same answers and scores as above; real data has "
-            "none):\n\n| pool | " + " | ".join(columns) + " | test items (of all) |\n|---|"
-            + "---|" * (len(columns) + 1) + "\n" + "\n".join(rows) + "\n")
-
-
-def nodup_means(nodup: dict[str, dict[str, float]], columns: list[str]) -> dict[str, float]:
-    """{method: mean over pools} of the accuracies without near-duplicates; a pool without any such item (all of
-    its test items near-duplicates) has none and stays out of the mean, as in lmmops.vectors.stage_lib."""
-    out = {}
-    for c in columns:
-        values = [accs[c] for accs in nodup.values() if c in accs]
-        if values:
-            out[c] = sum(values) / len(values)
-    return out
 
 
 def _decoded(fn: Any) -> Any:
     """`fn(cfg, ...)` under `cfg`'s decoding (num_beams, answer_cut): the runners that the baselines' fitting and
     scoring build inside (lmmops.vectors.train.evaluate_vectors) read it, in this process or a worker, so zero-shot
     and every baseline are scored alike."""
-    import functools
 
     @functools.wraps(fn)
     def run(cfg: VectorBaselinesConfig, *args: Any, **kwargs: Any) -> Any:
-        from lmmops.icl.inference import decoding
-
         with decoding(cfg.num_beams, cfg.answer_cut):
             return fn(cfg, *args, **kwargs)
 
@@ -116,8 +71,6 @@ def fit_and_test_pool(cfg: VectorBaselinesConfig, model: Any, processor: Any, po
     """One pool: fit every baseline (choices on `val`), score `test` once per method (zero-shot included), then
     time `latency_repeats - 1` more identical test generations. A picklable summary: accuracy, seconds (the best
     run) per method; trainable params, val accuracy and choice per baseline."""
-    from lmmops.eval.analysis import mean_without
-    from lmmops.vectors import baselines as bl
 
     gen = {"batch_size": cfg.batch_size, "max_new_tokens": cfg.max_new_tokens}
 
@@ -157,7 +110,6 @@ def fit_and_test_pool(cfg: VectorBaselinesConfig, model: Any, processor: Any, po
 @_decoded
 def _warm_up(cfg: VectorBaselinesConfig, model: Any, processor: Any, val: list[Any]) -> None:
     """One untimed zero-shot run (first-call overheads) before any timing; on val, never the test split."""
-    from lmmops.vectors import baselines as bl
 
     bl.timed_evaluation(model, processor, val, instruction=cfg.instruction, batch_size=cfg.batch_size,
                         max_new_tokens=cfg.max_new_tokens)
@@ -168,8 +120,6 @@ _WARM: list[bool] = []  # per worker process: warmed up yet
 
 def _pool_in_worker(cfg: VectorBaselinesConfig, pool: str, train: list[Any], val: list[Any],
                     test: list[Any]) -> dict[str, Any]:
-    from lmmops.vectors.stage_lib import worker_model
-
     model, processor = worker_model()
     if not _WARM:
         _warm_up(cfg, model, processor, val)
@@ -187,9 +137,6 @@ def pool_results(cfg: VectorBaselinesConfig, model_spec: str, train: dict[str, l
     model once: every baseline is seeded per pool and the float work is single-threaded, so the accuracies and
     choices equal one process's (tests/vectors/test_baselines.py checks it). The latency ratios stay fair: each
     pool's methods are timed in the same process, interleaved."""
-    from tqdm import tqdm
-
-    from lmmops.models import load_model
 
     names = list(train)
     done: dict[str, dict[str, Any]] = {}
@@ -213,8 +160,6 @@ def pool_results(cfg: VectorBaselinesConfig, model_spec: str, train: dict[str, l
         bar.close()
         return done
 
-    from lmmops.vectors.stage_lib import map_in_workers
-
     # Largest pools first (the "vqa" pool is ~5x an ICL task's), so that no long job is left for the end.
     by_size = sorted(names, key=lambda p: -(len(train[p]) + len(val[p]) + len(test[p])))
     try:
@@ -226,18 +171,14 @@ def pool_results(cfg: VectorBaselinesConfig, model_spec: str, train: dict[str, l
 
 
 def vector_baselines(cfg: VectorBaselinesConfig, ctx: StageContext) -> dict[str, float]:
-    import torch
-
-    from lmmops.data.loaders import load_vqa
-    from lmmops.stages.icl import data_version
-
     if cfg.workers < 1:
         raise ValueError(f"vector-baselines.workers must be >= 1, got {cfg.workers}")
     torch.set_num_threads(cfg.threads)
     data_dir = ctx.path(cfg.data_dir)
-    train = task_pools(load_vqa(data_dir, cfg.train_split), cfg.tasks)
-    val = task_pools(load_vqa(data_dir, cfg.val_split), tuple(train))
-    test = task_pools(load_vqa(data_dir, cfg.test_split), tuple(train))
+    where = "vector-baselines.tasks"
+    train = task_pools(load_vqa(data_dir, cfg.train_split), cfg.tasks, where=where)
+    val = task_pools(load_vqa(data_dir, cfg.val_split), tuple(train), where=where)
+    test = task_pools(load_vqa(data_dir, cfg.test_split), tuple(train), where=where)
     empty = [f"{name} ({split})" for name in train for split, pools in (("val", val), ("test", test))
              if not pools[name]]
     if empty:
@@ -254,7 +195,8 @@ def vector_baselines(cfg: VectorBaselinesConfig, ctx: StageContext) -> dict[str,
     workers = cfg.workers if not torch.cuda.is_available() else 1
     if workers != cfg.workers:
         log.info("vector-baselines: workers %d ignored on an accelerator (one process per device)", cfg.workers)
-    per_pool = pool_results(cfg, ctx.model_spec(cfg.model), train, val, test, workers=workers, on_pool=on_pool)
+    per_pool = pool_results(cfg, tracking.resolve_model_spec(ctx.model_spec(cfg.model)), train, val, test,
+                            workers=workers, on_pool=on_pool)
     table = {pool: r["accuracy"] for pool, r in per_pool.items()}
     seconds = {c: sum(r["seconds"][c] for r in per_pool.values()) for c in columns}
     params: dict[str, int] = {"zero-shot": 0, **next(iter(per_pool.values()))["params"]}
@@ -263,10 +205,11 @@ def vector_baselines(cfg: VectorBaselinesConfig, ctx: StageContext) -> dict[str,
 
     latency = {c: seconds[c] / seconds["zero-shot"] for c in columns}
     metrics: dict[str, float] = {}
+    means = pool_means(table, columns)
     for c in columns:
         for pool, accs in table.items():
             metrics[f"test_acc/{c}/{pool}"] = accs[c]
-        metrics[f"test_acc/{c}/mean"] = sum(accs[c] for accs in table.values()) / len(table)
+        metrics[f"test_acc/{c}/mean"] = means[c]
     # The same test accuracies without the near-duplicate test items (same per-item scores, filtered).
     nodup = {pool: r["accuracy_nodup"] for pool, r in per_pool.items()}
     items = {pool: (int(r["test_items_nodup"]), len(test[pool])) for pool, r in per_pool.items()}
@@ -274,7 +217,7 @@ def vector_baselines(cfg: VectorBaselinesConfig, ctx: StageContext) -> dict[str,
         for c, acc in accs.items():
             metrics[f"test_acc_nodup/{c}/{pool}"] = float(acc)
         metrics[f"test_items_nodup/{pool}"] = float(items[pool][0])
-    for c, acc in nodup_means(nodup, columns).items():
+    for c, acc in pool_means(nodup, columns).items():
         metrics[f"test_acc_nodup/{c}/mean"] = acc
     for name in cfg.baselines:
         metrics[f"val_acc/{name}/mean"] = sum(val_accs[name]) / len(val_accs[name])
@@ -282,7 +225,7 @@ def vector_baselines(cfg: VectorBaselinesConfig, ctx: StageContext) -> dict[str,
 
     out_dir = ctx.path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    report = results_markdown(table, columns, params, latency, nodup, items)
+    report = baselines_markdown(table, columns, params, latency, nodup, items)
     log.info("vector-baselines results:\n%s", report)
     (out_dir / "results.md").write_text(report)
     results = {"data_version": data_version(ctx, data_dir), "config": to_dict(cfg),

@@ -1,17 +1,19 @@
 """lmmops.vectors: in-context vectors (LIVE, MimIC), the exact shift oracle, vector files, parameter counts.
 
 Public API:
-  LiveVectors, attach_live(model, vectors), live_loss(...)          LIVE (PAPERS.md §3), `live`
-  MimicVectors, attach_mimic(model, vectors), mimic_loss(...)       MimIC (PAPERS.md §4), `mimic`
+  LiveVectors, attach_live(model, vectors), live_loss(...)          LIVE (docs/methods.md §5), `live`
+  MimicVectors, attach_mimic(model, vectors), mimic_loss(...)       MimIC (docs/methods.md §6), `mimic`
   aligned_hidden(hidden, mask), capture_outputs(modules), frozen(model)
   attention_shifts(adapter, shifts), attention_with_lse(...)        the "lmmops_mimic" attention function
-  check_shift_exactness(model, processor, demos, query)             the shift identity (PAPERS.md §2), `oracle`
+  check_shift_exactness(model, processor, demos, query)             the shift identity (docs/methods.md §4), `oracle`
   save_vectors / load_vectors / read_metadata                       vector files, `files`
   params_table(), format_params_table(rows), lora_parameter_count   `lmmops params-table`, `params`
   VectorMismatchError (ValueError)
   DistillConfig, distill(cfg, model, processor, train_items) -> DistillResult      the LIVE / MimIC loop, `train`
   evaluate_vectors(model, processor, vectors, items), NonFiniteLossError            (demo sampling: `data`)
-  stage_lib: select_pools, train_and_select (val-only selection), evaluate_test    the `live` / `mimic` stages
+  pools: task_pools, select_pools; pool_training: train_pools, train_and_select (val-only selection)
+  evaluation: score_icl_reference, evaluate_test; icl_reference: the icl-reference stage's output, checked
+  reporting: stage_metrics, results_markdown; workers: map_in_workers      the icl-reference / live / mimic stages
   bundle: save_bundle / load_bundle / VectorBundle.answer                         every pool's vectors + manifest
 
 Everything reaches the model through `lmmops.models.adapter_for`; nothing here knows a model family.

@@ -16,7 +16,7 @@ a shift, the function computes the attention output and its log-sum-exp in ONE p
 and then calls the shift with (q, K, V, out, lse); MimIC adds mu * v, the oracle adds the exact demo term,
 the recorder stores K and V. logZ2 = lse therefore covers exactly the keys the query attends to: the same
 causal, padding and sliding-window mask as the attention itself, in training and in cached decoding alike
-(the reference code's unmasked training-time logZ2 is the defect PAPERS.md §4 names). Modules without a
+(the reference code's unmasked training-time logZ2 is the defect docs/methods.md §6 names). Modules without a
 shift that share the same config (Idefics v1's gated cross-attention layers) are passed to transformers'
 own `sdpa_attention_forward` unchanged.
 

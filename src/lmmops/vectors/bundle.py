@@ -43,8 +43,11 @@ from typing import Any
 from PIL import Image
 from torch import nn
 
+from lmmops.data.schemas import VQAItem
+from lmmops.icl.inference import ICLRunner
 from lmmops.vectors.base import VectorSet
 from lmmops.vectors.files import load_vectors, save_vectors
+from lmmops.vectors.train import attached, model_fingerprint
 
 BUNDLE_FORMAT = 1
 MANIFEST = "manifest.json"
@@ -58,7 +61,6 @@ def pool_dirname(pool: str) -> str:
 
 def fingerprint_version(model: nn.Module, processor: Any) -> str:
     """The version string of an unregistered base model: "sha:" + 16 hex digits of its weights and tokenizer."""
-    from lmmops.vectors.train import model_fingerprint
 
     return "sha:" + model_fingerprint(model, processor)[:16]
 
@@ -184,9 +186,6 @@ class VectorBundle:
     def answer(self, images: Sequence[Any], questions: Sequence[str], tasks: Sequence[Any] | None = None, *,
                batch_size: int = 32) -> list[str]:
         """Short answers to (image, question) pairs, each with its task's vectors (default pool when no task)."""
-        from lmmops.data.schemas import VQAItem
-        from lmmops.icl.inference import ICLRunner
-        from lmmops.vectors.train import attached
 
         if len(images) != len(questions) or (tasks is not None and len(tasks) != len(questions)):
             raise ValueError(f"images ({len(images)}), questions ({len(questions)}) and tasks "

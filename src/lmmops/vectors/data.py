@@ -10,7 +10,7 @@ the data an uninterrupted run would:
            (the last batch of an epoch may be smaller), so every query is read once per epoch;
   demos    for each query, `shots` items drawn uniformly WITH replacement from the pool minus the query
            (every item with the query's question id), seeded by (seed, step): re-drawn every time the query
-           is read, never the query itself (PAPERS.md §3-4).
+           is read, never the query itself (docs/methods.md §5-6).
 
 Run: used by `lmmops.vectors.train`; `python -m pytest tests/vectors/test_train.py -q`.
 

@@ -1,7 +1,7 @@
 """LIVE (learnable in-context vectors, arXiv 2406.13185): parameters, the intervention, the loss.
 
 Parameters (`LiveVectors`): V in R^{L x d}, initialised N(0, 0.01^2), and alpha in R^L, initialised 0.1
-(PAPERS.md §3) — L*d + L scalars, 131,104 for Idefics-9b. Not per head.
+(docs/methods.md §5) — L*d + L scalars, 131,104 for Idefics-9b. Not per head.
 
 Intervention (`attach_live(model, vectors)`): at every decoder layer l, at the family's site
 (`adapter.live_site`: the whole decoder-layer output for Idefics v1, the MLP output before the residual add
@@ -24,7 +24,7 @@ query + answer; the i-th answer token of a row is predicted by the logits one po
 Run: `python -m pytest tests/vectors -q`; the training stage (issue 6, part 2) calls these.
 
 Departures from the reference: the LM loss covers the answer tokens only and teacher and student prompts
-carry the same instruction (both reference defects named in PAPERS.md §3). Temperature is fixed at 1.
+carry the same instruction (both reference defects named in docs/methods.md §5). Temperature is fixed at 1.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Parameters (`MimicVectors`), per layer l and head h: v_{l,h} in R^{d_h} (init randn * 1e-3), w_{l,h} in
 R^{d_h} (init N(0, 0.02)), b_{l,h} (init 0) — L*(2*H*d_h + H) scalars, 263,168 for Idefics-9b and
-Idefics2-8b-base (PAPERS.md §4). H counts query heads (GQA shares keys, not outputs).
+Idefics2-8b-base (docs/methods.md §6). H counts query heads (GQA shares keys, not outputs).
 
 Intervention (`attach_mimic(model, vectors)`): inside every decoder layer's self-attention, per head, on
 the attention output before o_proj, for query position i:

@@ -1,4 +1,4 @@
-"""The exact shift view of ICL (PAPERS.md §2): a zero-shot forward plus the demo shift equals the k-shot run.
+"""The exact shift view of ICL (docs/methods.md §4): a zero-shot forward plus the demo shift equals the k-shot run.
 
 For one head and a query token with attention query q, keys/values split into the demonstrations' (K_D, V_D)
 and the rest (K, V: the prefix and the query's own tokens),
@@ -103,11 +103,7 @@ def o_proj_inputs(adapter: ModelAdapter) -> Iterator[list[torch.Tensor | None]]:
 
         return hook
 
-    handles = []
-    for i, attn in enumerate(adapter.self_attn_modules):
-        if not isinstance(getattr(attn, "o_proj", None), nn.Module):
-            raise NotImplementedError(f"{adapter.family}: {type(attn).__name__} has no o_proj")
-        handles.append(attn.o_proj.register_forward_pre_hook(hook_for(i)))
+    handles = [proj.register_forward_pre_hook(hook_for(i)) for i, proj in enumerate(adapter.out_projections)]
     try:
         yield slots
     finally:

@@ -1,6 +1,7 @@
+# Over 500 lines: the distillation loop, its resumable checkpoints and the vectors' evaluation share one state.
 """The LIVE and MimIC distillation loops: train one vector set on one task's pool, and evaluate it.
 
-What it does: `distill(cfg, model, processor, train_items)` trains a LIVE (PAPERS.md §3) or MimIC (§4) vector
+What it does: `distill(cfg, model, processor, train_items)` trains a LIVE (docs/methods.md §5) or MimIC (§6) vector
 set on a frozen base model. Each step reads a batch of queries from the pool, gives each one `shots`
 demonstrations drawn at random with replacement from the rest of the pool (`lmmops.vectors.data`), and
   teacher  runs the frozen model WITHOUT vectors on instruction + demos + query + answer (no_grad);
@@ -28,9 +29,9 @@ without DeepSpeed; `deepspeed` is not part of the checkpoint key). Under a launc
 vectors attached (through `ICLRunner`: the inference template, stop tokens and `adapter.postprocess_answer`)
 and scores them with the official VQA accuracy.
 
-How to run (the stages that wrap this come later):
-    result = distill(DistillConfig(method="live", shots=8, epochs=10), model, processor, pools["icl/colour/en"],
-                     checkpoint_dir=Path("checkpoints/live"))
+How to run (the `live` / `mimic` stages wrap this, lmmops.stages.vectors):
+    cfg = DistillConfig(train=LiveDistillSettings(steps=144), shots=16)   # lmmops.config; the stage: live.train
+    result = distill(cfg, model, processor, pools["icl/colour/en"], checkpoint_dir=Path("checkpoints/live"))
     evaluate_vectors(model, processor, result.vectors, val_items, batch_size=32, max_new_tokens=8)
 Tests: `python -m pytest tests/vectors/test_train.py -q`.
 
@@ -70,8 +71,12 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from lmmops.config import DistillSettings, LiveDistillSettings
 from lmmops.data.schemas import VQAItem
-from lmmops.models import ModelAdapter, PromptAlignmentError, PromptBatch, adapter_for
+from lmmops.icl.experiment import item_accuracy
+from lmmops.icl.inference import ICLRunner
+from lmmops.models import ModelAdapter, PromptAlignmentError, PromptBatch, adapter_for, adapters, prompt
+from lmmops.vectors import data
 from lmmops.vectors.base import LossParts, VectorSet, capture_outputs, frozen
 from lmmops.vectors.data import DemoPool, Draw, sample_step, steps_per_epoch
 from lmmops.vectors.distributed import DeepSpeedRun
@@ -79,11 +84,11 @@ from lmmops.vectors.live import LiveVectors, attach_live, live_loss
 from lmmops.vectors.mimic import MimicVectors, aligned_hidden, attach_mimic, mimic_loss
 
 METHODS: dict[str, type[VectorSet]] = {"live": LiveVectors, "mimic": MimicVectors}
-DEFAULT_LR = {"live": 1e-3, "mimic": 5e-3}  # PAPERS.md: LIVE lr(V) 1e-3 (VQAv2), MimIC 5e-3
+DEFAULT_LR = {"live": 1e-3, "mimic": 5e-3}  # docs/methods.md: LIVE lr(V) 1e-3 (VQAv2), MimIC 5e-3
 CHECKPOINT_FORMAT = 1
-# Fields of DistillConfig that do not change the trained vectors (left out of the checkpoint key).
-# `deepspeed` changes how the step is computed, not what is trained (same vectors up to fp32 rounding, same checkpoint
-# format): a run may resume with or without it.
+# Fields of DistillConfig and its DistillSettings that do not change the trained vectors (left out of the checkpoint
+# key). `deepspeed` changes how the step is computed, not what is trained (same vectors up to fp32 rounding, same
+# checkpoint format): a run may resume with or without it.
 _BOOKKEEPING = ("checkpoint_every", "log_every", "threads", "deepspeed")
 
 
@@ -91,58 +96,51 @@ class NonFiniteLossError(FloatingPointError):
     """A training loss or gradient norm was NaN or infinite; the last checkpoint is the last good step."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class DistillConfig:
-    """One LIVE or MimIC training run. `steps`, when set, overrides `epochs` (epochs over the query pool)."""
+    """One LIVE or MimIC training run: the stage's training settings (`train`, whose type gives the method) and the
+    stage keys that training shares with evaluation."""
 
-    method: str = "live"  # "live" | "mimic"
-    shots: int = 8  # demonstrations per teacher prompt
-    epochs: float = 10.0
-    steps: int | None = None
-    batch_size: int = 16  # queries per optimiser step (the effective batch)
-    micro_batch_size: int | None = None  # rows per forward (gradient accumulation); None: the whole batch
-    lr: float | None = None  # LIVE: V; MimIC: all parameters. None: DEFAULT_LR[method]
-    alpha_lr: float = 1e-2  # LIVE: alpha
-    weight_decay: float = 1e-3  # MimIC: not on the biases b
-    warmup_share: float = 0.1
-    max_grad_norm: float = 1.0
-    lm_weight: float = 0.5
+    train: DistillSettings  # LiveDistillSettings or MimicDistillSettings (lmmops.config): steps, lr, ...
+    shots: int  # demonstrations per teacher prompt
     seed: int = 0
     instruction: str | None = None  # the same at training and inference
+    threads: int = 1  # torch intra-op threads while training
+    deepspeed: str | None = None  # DeepSpeed JSON config (infra/deepspeed/zero2.json); None: plain PyTorch
     # The query's answer is followed by the item separator, which the losses cover too: inference stops
     # generating there, so the student must learn where its answer ends (without it LIVE students ran on:
     # "golf echo echo foxtrot" for "golf").
     close_answer: bool = True
-    checkpoint_every: int = 50
-    log_every: int = 10
-    threads: int = 2
-    deepspeed: str | None = None  # DeepSpeed JSON config (infra/deepspeed/zero2.json); None: plain PyTorch
 
     def __post_init__(self) -> None:
+        t = self.train
         if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; expected one of {sorted(METHODS)}")
-        if self.shots < 1 or self.batch_size < 1:
-            raise ValueError(f"shots and batch_size must be >= 1, got {self.shots}, {self.batch_size}")
-        if self.micro_batch_size is not None and self.micro_batch_size < 1:
-            raise ValueError(f"micro_batch_size must be >= 1 or None, got {self.micro_batch_size}")
-        if (self.steps is not None and self.steps < 1) or (self.steps is None and self.epochs <= 0):
-            raise ValueError(f"need steps >= 1 or epochs > 0, got steps={self.steps}, epochs={self.epochs}")
-        if self.checkpoint_every < 1 or self.log_every < 1:
-            raise ValueError(f"checkpoint_every and log_every must be >= 1, got {self.checkpoint_every}, "
-                             f"{self.log_every}")
-        if not 0.0 <= self.warmup_share < 1.0:
-            raise ValueError(f"warmup_share must be in [0, 1), got {self.warmup_share}")
+            raise ValueError(f"unknown method {self.method!r} (training settings {type(t).__name__}); expected one "
+                             f"of {sorted(METHODS)}")
+        if self.shots < 1 or t.batch_size < 1:
+            raise ValueError(f"shots and batch_size must be >= 1, got {self.shots}, {t.batch_size}")
+        if t.micro_batch_size is not None and t.micro_batch_size < 1:
+            raise ValueError(f"micro_batch_size must be >= 1 or None, got {t.micro_batch_size}")
+        if t.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {t.steps}")
+        if t.checkpoint_every < 1 or t.log_every < 1:
+            raise ValueError(f"checkpoint_every and log_every must be >= 1, got {t.checkpoint_every}, {t.log_every}")
+        if not 0.0 <= t.warmup_share < 1.0:
+            raise ValueError(f"warmup_share must be in [0, 1), got {t.warmup_share}")
         if self.deepspeed is not None and not Path(self.deepspeed).is_file():
             raise ValueError(f"deepspeed: no DeepSpeed config at {self.deepspeed}")
 
     @property
-    def vector_lr(self) -> float:
-        return self.lr if self.lr is not None else DEFAULT_LR[self.method]
+    def method(self) -> str:
+        return self.train.method
 
-    def total_steps(self, pool_size: int) -> int:
-        if self.steps is not None:
-            return self.steps
-        return max(1, math.ceil(self.epochs * steps_per_epoch(pool_size, self.batch_size)))
+    @property
+    def vector_lr(self) -> float:
+        return self.train.lr if self.train.lr is not None else DEFAULT_LR[self.method]
+
+    def as_dict(self) -> dict[str, Any]:
+        """The config as plain data, with its method (kept in checkpoints and results)."""
+        return {"method": self.method, **dataclasses.asdict(self)}
 
 
 @dataclass
@@ -163,7 +161,7 @@ class DistillResult:
 
 
 def warmup_steps(cfg: DistillConfig, total: int) -> int:
-    return round(cfg.warmup_share * total)
+    return round(cfg.train.warmup_share * total)
 
 
 def lr_factor(step: int, total: int, warmup: int) -> float:
@@ -177,16 +175,18 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
 def make_optimizer(cfg: DistillConfig, vectors: VectorSet) -> torch.optim.AdamW:
     """AdamW with the method's parameter groups; each group keeps its `base_lr` for the schedule."""
     if isinstance(vectors, LiveVectors):
+        if not isinstance(cfg.train, LiveDistillSettings):
+            raise TypeError(f"LIVE vectors need LiveDistillSettings (alpha_lr), got {type(cfg.train).__name__}")
         groups = [
             {"name": "vectors", "params": [vectors.vectors], "base_lr": cfg.vector_lr},
-            {"name": "alpha", "params": [vectors.alpha], "base_lr": cfg.alpha_lr},
+            {"name": "alpha", "params": [vectors.alpha], "base_lr": cfg.train.alpha_lr},
         ]
         for g in groups:
-            g["weight_decay"] = cfg.weight_decay
+            g["weight_decay"] = cfg.train.weight_decay
     elif isinstance(vectors, MimicVectors):
         groups = [
             {"name": "shift_weight", "params": [vectors.shift, vectors.weight], "base_lr": cfg.vector_lr,
-             "weight_decay": cfg.weight_decay},
+             "weight_decay": cfg.train.weight_decay},
             {"name": "bias", "params": [vectors.bias], "base_lr": cfg.vector_lr, "weight_decay": 0.0},
         ]
     else:
@@ -344,7 +344,9 @@ def model_fingerprint(model: nn.Module, processor: Any) -> str:
 
 def checkpoint_key(cfg: DistillConfig, pool: DemoPool, model: nn.Module, processor: Any) -> str:
     """Hash of the config (minus bookkeeping), the pool, the base model and this trainer's code."""
-    params = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _BOOKKEEPING}
+    config = cfg.as_dict()
+    config["train"] = {k: v for k, v in config["train"].items() if k not in _BOOKKEEPING}
+    params = {k: v for k, v in config.items() if k not in _BOOKKEEPING}
     code = [hashlib.sha256(Path(path).read_bytes()).hexdigest() for path in (__file__, *_prompt_code_files())]
     blob = json.dumps({"config": params, "data": pool.fingerprint(), "model": model_fingerprint(model, processor),
                        "code": code}, sort_keys=True)
@@ -354,8 +356,6 @@ def checkpoint_key(cfg: DistillConfig, pool: DemoPool, model: nn.Module, process
 def _prompt_code_files() -> list[str]:
     """The modules that decide which tokens a step trains on (sampling, prompt template, spans): a change to any
     of them must not resume an old checkpoint."""
-    from lmmops.models import adapters, prompt
-    from lmmops.vectors import data
 
     return [str(data.__file__), str(prompt.__file__), str(adapters.__file__)]
 
@@ -407,7 +407,7 @@ def distill(
     param = next(model.parameters())
     device, dtype = param.device, param.dtype
     pool = DemoPool(train_items)
-    total = cfg.total_steps(len(pool))
+    total = cfg.train.steps
     warmup = warmup_steps(cfg, total)
 
     # 1. Vectors and optimiser; resume from the checkpoint of the same config, data and base model.
@@ -422,8 +422,8 @@ def distill(
         optimizer.load_state_dict(state["optimizer"])
         start, history, seconds = int(state["step"]), list(state["history"]), float(state["train_seconds"])
     # With DeepSpeed, the (restored) vectors and optimiser go into a ZeRO-2 engine; rank 0 logs and checkpoints.
-    ds = DeepSpeedRun.start(cfg.deepspeed, vectors, optimizer, batch_size=cfg.batch_size,
-                            micro_batch_size=cfg.micro_batch_size, max_grad_norm=cfg.max_grad_norm) \
+    ds = DeepSpeedRun.start(cfg.deepspeed, vectors, optimizer, batch_size=cfg.train.batch_size,
+                            micro_batch_size=cfg.train.micro_batch_size, max_grad_norm=cfg.train.max_grad_norm) \
         if cfg.deepspeed else None
     main = ds is None or ds.is_main
     for entry in history:
@@ -437,7 +437,7 @@ def distill(
                 save_checkpoint(ckpt, {"format": CHECKPOINT_FORMAT, "key": key, "step": step,
                                        "vectors": vectors.state_dict(), "optimizer": optimizer_state,
                                        "history": history, "train_seconds": seconds,
-                                       "config": dataclasses.asdict(cfg)})
+                                       "config": cfg.as_dict()})
 
     def kept(saved: int) -> str:
         if ckpt is None:
@@ -465,17 +465,17 @@ def distill(
         with frozen(model):
             for step in bar:
                 t0 = time.perf_counter()
-                draws = sample_step(pool.question_ids, batch_size=cfg.batch_size, shots=cfg.shots, seed=cfg.seed,
+                draws = sample_step(pool.question_ids, batch_size=cfg.train.batch_size, shots=cfg.shots, seed=cfg.seed,
                                     step=step)
                 factor = lr_factor(step, total, warmup)
                 for group in optimizer.param_groups:
                     group["lr"] = group["base_lr"] * factor
                 if ds is None:
                     optimizer.zero_grad(set_to_none=True)
-                    chunks = [prompt_pair(pool.prompts(chunk)) for chunk in _chunks(draws, cfg.micro_batch_size)]
+                    chunks = [prompt_pair(pool.prompts(chunk)) for chunk in _chunks(draws, cfg.train.micro_batch_size)]
                     weights = chunk_weights(cfg.method, [aligned for _t, _s, aligned in chunks])
                 else:  # this rank's share of the rows, weighed in all ranks' loss tokens; the engine zeroes grads
-                    batches, counted = ds.micro_batches(draws, cfg.micro_batch_size)
+                    batches, counted = ds.micro_batches(draws, cfg.train.micro_batch_size)
                     chunks = [prompt_pair(pool.prompts(chunk)) for chunk in batches]
                     counts = loss_token_counts(cfg.method, [aligned for _t, _s, aligned in chunks])
                     weights = ds.chunk_weights(counts, counted)
@@ -483,19 +483,19 @@ def distill(
                 for i, ((teacher, student, aligned), (w_distill, w_lm)) in enumerate(zip(chunks, weights,
                                                                                          strict=True)):
                     loss = batch_loss(model, adapter, vectors, teacher.to(device, dtype), student.to(device, dtype),
-                                      aligned, cfg.lm_weight)  # type: ignore[arg-type]
+                                      aligned, cfg.train.lm_weight)  # type: ignore[arg-type]
                     if not all(bool(torch.isfinite(t)) for t in loss):
                         raise NonFiniteLossError(f"{cfg.method} step {step + 1}: loss {loss.total.item()} (distill "
                                                  f"{loss.distill.item()}, lm {loss.lm.item()}); {kept(saved)}")
                     distill_part, lm_part = w_distill * loss.distill, w_lm * loss.lm
-                    chunk_total = distill_part + cfg.lm_weight * lm_part  # = loss.total for a single chunk
+                    chunk_total = distill_part + cfg.train.lm_weight * lm_part  # = loss.total for a single chunk
                     if ds is None:
                         chunk_total.backward()
                     else:
                         ds.backward(chunk_total, last=i == len(chunks) - 1)
                     parts += torch.stack([chunk_total, distill_part, lm_part]).detach().float().cpu()
                 if ds is None:
-                    grad_norm = torch.nn.utils.clip_grad_norm_(vectors.parameters(), cfg.max_grad_norm)
+                    grad_norm = torch.nn.utils.clip_grad_norm_(vectors.parameters(), cfg.train.max_grad_norm)
                 else:  # DeepSpeed clips in ds.step(), by the config's gradient_clipping (= max_grad_norm)
                     grad_norm, parts = ds.grad_norm(), ds.all_sum(parts)
                 if not bool(torch.isfinite(grad_norm)):
@@ -507,10 +507,11 @@ def distill(
                     ds.step()
                 seconds += time.perf_counter() - t0
                 done = step + 1
-                if done % cfg.log_every == 0 or done == end:
+                if done % cfg.train.log_every == 0 or done == end:
                     entry = {"step": float(done), "loss": parts[0].item(), "loss_distill": parts[1].item(),
                              "loss_lm": parts[2].item(), "lr": cfg.vector_lr * factor,
-                             "grad_norm": float(grad_norm), "epoch": done / steps_per_epoch(len(pool), cfg.batch_size),
+                             "grad_norm": float(grad_norm),
+                             "epoch": done / steps_per_epoch(len(pool), cfg.train.batch_size),
                              "train_seconds": seconds}
                     if isinstance(vectors, LiveVectors):
                         entry["alpha_mean"] = vectors.alpha.detach().mean().item()
@@ -518,7 +519,7 @@ def distill(
                     bar.set_postfix(loss=f"{entry['loss']:.4f}")
                     if on_log and main:
                         on_log(done, {k: v for k, v in entry.items() if k != "step"})
-                if done % cfg.checkpoint_every == 0 or done == end:
+                if done % cfg.train.checkpoint_every == 0 or done == end:
                     checkpoint(done)
                     saved = done
         if ds is not None:
@@ -538,7 +539,7 @@ def distill(
         resumed_from=start,
         key=key,
         checkpoint=ckpt,
-        config=dataclasses.asdict(cfg),
+        config=cfg.as_dict(),
     )
 
 
@@ -565,8 +566,6 @@ def evaluate_vectors(
     item without them counts its `multiple_choice_answer` as all 10). Returns accuracy, queries and
     accuracy/<question_type>; `samples_out` (when given) receives every question, answer and prediction.
     """
-    from lmmops.icl.experiment import item_accuracy
-    from lmmops.icl.inference import ICLRunner  # faiss and friends: only when evaluating
 
     runner = ICLRunner(model, processor, batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress)
     items = list(items)

@@ -1,4 +1,4 @@
-"""The baselines of LIVE and MimIC (PAPERS.md §4, issue 6): LoRA, task vectors, function vectors, ICV.
+"""The baselines of LIVE and MimIC (docs/methods.md §7): LoRA, task vectors, function vectors, ICV.
 
 For one task pool (VQAItems of one task from the train split) each baseline is fitted on the frozen base model,
 with any choice (layer, strength, epoch) made on the validation items the caller passes, and evaluated on
@@ -67,6 +67,7 @@ from lmmops.vectors.baselines.icv import attach_icv, icv_directions, icv_shift, 
 from lmmops.vectors.baselines.lora import injected_lora, lora_config, lora_target_names, train_lora
 from lmmops.vectors.baselines.task_vector import attach_task_vector, task_vector_candidates
 from lmmops.vectors.data import DemoPool
+from lmmops.vectors.train import evaluate_vectors
 
 BASELINES: tuple[str, ...] = ("lora", "task_vector", "function_vector", "icv")
 Attach = Callable[[nn.Module, ModelAdapter], AbstractContextManager[Any]]
@@ -202,7 +203,6 @@ def timed_evaluation(model: nn.Module, processor: Any, items: Sequence[VQAItem],
     """`evaluate_vectors(model, processor, None, items)` (whatever is attached to `model` acts) plus `seconds`: the
     best wall time of `repeats` identical runs of the generation (greedy, so the answers do not change; the
     metrics are the first run's)."""
-    from lmmops.vectors.train import evaluate_vectors
 
     best, result = math.inf, None
     for _ in range(max(1, repeats)):

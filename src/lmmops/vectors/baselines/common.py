@@ -27,6 +27,7 @@ from torch import nn
 from lmmops.data.schemas import VQAItem
 from lmmops.models import ICLItem, ModelAdapter, PromptBatch
 from lmmops.vectors.data import DemoPool, sample_step
+from lmmops.vectors.train import evaluate_vectors
 
 PromptSpec = tuple[list[ICLItem], ICLItem]
 T = TypeVar("T")
@@ -128,18 +129,10 @@ def last_token_outputs(model: nn.Module, adapter: ModelAdapter, specs: Sequence[
                        with_answer=with_answer, batch_size=batch_size)
 
 
-def out_projections(adapter: ModelAdapter) -> list[nn.Linear]:
-    """Each decoder layer's attention output projection (`o_proj`): its input is the per-head attention output."""
-    found = [getattr(attn, "o_proj", None) for attn in adapter.self_attn_modules]
-    if not all(isinstance(m, nn.Linear) for m in found):
-        raise NotImplementedError(f"{adapter.family}: the self-attention modules have no nn.Linear `o_proj`")
-    return found  # type: ignore[return-value]
-
-
 def last_token_head_outputs(model: nn.Module, adapter: ModelAdapter, specs: Sequence[PromptSpec], *,
                             instruction: str | None, batch_size: int = 32) -> torch.Tensor:
     """(layers, prompts, heads, head_dim): every self-attention's per-head output before o_proj, last token."""
-    flat = _last_token(model, adapter, specs, out_projections(adapter), inputs=True, instruction=instruction,
+    flat = _last_token(model, adapter, specs, adapter.out_projections, inputs=True, instruction=instruction,
                        with_answer=False, batch_size=batch_size)
     return flat.unflatten(-1, (adapter.num_heads, adapter.head_dim))
 
@@ -194,7 +187,6 @@ def accuracy_with(model: nn.Module, processor: Any, items: Sequence[VQAItem], ap
                   instruction: str | None, batch_size: int, max_new_tokens: int) -> float:
     """VQA accuracy of zero-shot generation (`evaluate_vectors`' path: ICLRunner, the same template and
     instruction) with the intervention `applied()` (a context manager factory) in place."""
-    from lmmops.vectors.train import evaluate_vectors
 
     with applied():
         result = evaluate_vectors(model, processor, None, items, batch_size=batch_size, max_new_tokens=max_new_tokens,

@@ -47,7 +47,6 @@ from lmmops.vectors.baselines.common import (
     hooked,
     last_prompt_positions,
     on_last_token,
-    out_projections,
 )
 
 
@@ -83,7 +82,7 @@ def head_indirect_effects(model: nn.Module, adapter: ModelAdapter, corrupted: Se
     `corrupted` are k-shot prompts whose query carries its true answer (only its first token is read: the
     probability the logits of the token before it give it). `mean_heads` is (layers, heads, head_dim).
     """
-    projections = out_projections(adapter)
+    projections = adapter.out_projections
     layers, heads, head_dim = mean_heads.shape
     total = torch.zeros(layers, heads)
     for chunk in batches(corrupted, batch_size):
@@ -112,7 +111,7 @@ def head_indirect_effects(model: nn.Module, adapter: ModelAdapter, corrupted: Se
 def function_vector_from_heads(adapter: ModelAdapter, mean_heads: torch.Tensor, scores: torch.Tensor,
                                top_k: int) -> tuple[torch.Tensor, list[tuple[int, int]]]:
     """sum over the top-K heads by score of W_O[l][:, head slice] @ mean_heads[l, h] (float32), and the heads."""
-    projections = out_projections(adapter)
+    projections = adapter.out_projections
     _layers, heads, head_dim = mean_heads.shape
     k = max(1, min(top_k, scores.numel()))
     top = torch.topk(scores.flatten(), k).indices.tolist()

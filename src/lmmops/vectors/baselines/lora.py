@@ -1,4 +1,4 @@
-"""LoRA baseline (PAPERS.md §4: r 16, alpha 32, dropout 0.05 on q, k, v, o; lr 5e-4), with peft.
+"""LoRA baseline (docs/methods.md §7: r 16, alpha 32, dropout 0.05 on q, k, v, o; lr 5e-4), with peft.
 
 Targets (`lora_target_names`, `lora.scope`), given to peft as FULL module names (peft matches a listed name
 exactly or as a dotted suffix, which a full name from the root can only match exactly):

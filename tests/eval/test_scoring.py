@@ -1,6 +1,6 @@
-"""Tests for lmmops.rl.rewards: format, accuracy (math-verify in worker processes), total, TRL shape, safety.
+"""Tests for lmmops.eval.scoring: format, accuracy (math-verify in worker processes), total, TRL shape, safety.
 
-Run: .venv/bin/python -m pytest tests/rl/test_rewards.py -q
+Run: .venv/bin/python -m pytest tests/eval/test_scoring.py -q
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from lmmops.rl import rewards
-from lmmops.rl.rewards import (
+from lmmops.eval import scoring
+from lmmops.eval.scoring import (
     RewardStats,
     VerifierPool,
     accuracy_reward,
@@ -231,5 +231,5 @@ def test_pool_argument_checks() -> None:
 
 
 def test_shutdown_and_lazy_restart() -> None:
-    rewards.shutdown_verifier()
+    scoring.shutdown_verifier()
     assert accuracy_reward(wrap("\\boxed{8}"), "8") == 1.0

@@ -1,7 +1,8 @@
-"""Rule-based rewards of LMM-R1 (PAPERS.md section 5): format F, accuracy A and total R = 0.5 * F + A.
+# Over 500 lines: the format and accuracy scorers and the timeout pool that guards math-verify are one unit.
+"""Rule-based scorers of LMM-R1 (docs/methods.md §8): format F, accuracy A and total R = 0.5 * F + A.
 
-These are the scorers of record: the RL trainer calls them as rewards and `lmmops.eval` calls the same
-functions as metrics (DESIGN.md convention 5: the reward is the metric on one sample).
+These are the scorers of record: the RL trainer calls them as rewards, and data validation and evaluation
+call the same functions as checks and metrics (the reward is the metric on one sample).
 
 - `format_reward(completion)`: 1.0 when the completion is exactly `<think>...</think><answer>...</answer>`.
 - `accuracy_reward(completion, answer)`: math-verify equivalence of the prediction with the gold answer;
@@ -47,8 +48,8 @@ Decisions and departures from the reference (LMM-R1 / open-r1 reward code):
   per stage (gold parse, prediction parse, verify), so a merely slow item returns 0.0 without costing a
   pool restart; the hard deadline is the backstop for code a signal cannot interrupt.
 
-Run the tests with `.venv/bin/python -m pytest tests/rl -q`; the throughput benchmark with
-`.venv/bin/python benchmarks/rewards.py`.
+Run the tests with `.venv/bin/python -m pytest tests/eval/test_scoring.py -q`; the throughput benchmark
+with `.venv/bin/python benchmarks/rewards.py`.
 """
 
 from __future__ import annotations
@@ -285,7 +286,7 @@ def _mp_context() -> multiprocessing.context.BaseContext:
     # with math_verify preloaded makes a restart after a kill take milliseconds instead of a re-import.
     if "forkserver" in multiprocessing.get_all_start_methods():
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["math_verify", "lmmops.rl.rewards"])
+        ctx.set_forkserver_preload(["math_verify", "lmmops.eval.scoring"])
         return ctx
     return multiprocessing.get_context("spawn")
 

@@ -1,35 +1,17 @@
-"""Tests for lmmops.rl.sokoban: levels, dynamics and rewards (gym-sokoban's), solver, generator, reward.
+"""Tests for lmmops.eval.sokoban: levels, moves and their rewards (gym-sokoban's), replay, solver, reward.
 
-Run: .venv/bin/python -m pytest tests/rl/test_sokoban.py -q
+Run: .venv/bin/python -m pytest tests/eval/test_sokoban.py -q
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
-from lmmops.rl.sokoban import (
-    CELL_CODES,
-    Level,
-    SokobanEnv,
-    generate_level,
-    parse_actions,
-    render,
-    replay,
-    sokoban_reward,
-    solve,
-)
+from lmmops.eval.sokoban import Level, parse_actions, replay, sokoban_reward, solve, step
 
 # Player, box, target in a corridor: right x3 solves it (the third push lands the box).
 CORRIDOR = "#######\n#@ $ .#\n#######"
-
-
-def env_at(xsb: str, **kwargs) -> SokobanEnv:
-    env = SokobanEnv(**kwargs)
-    env.reset(options={"level": Level.from_xsb(xsb)})
-    return env
 
 
 def answer(actions: str) -> str:
@@ -37,7 +19,7 @@ def answer(actions: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
-# Dynamics and rewards, case by case: (xsb, action, expected reward, expected xsb after, terminated)
+# Moves and their rewards, case by case: (xsb, action, expected reward, expected xsb after, solved)
 
 STEP_CASES = [
     # walk into a wall: unchanged, still costs the step
@@ -56,90 +38,40 @@ STEP_CASES = [
     ("#######\n#@* $.#\n#######", "right", -1.1, "#######\n# +$$.#\n#######", False),
     # box from one target to another: the count is unchanged, so only the step penalty (gym-sokoban)
     ("#######\n#@*.$ #\n#######", "right", -0.1, "#######\n# +*$ #\n#######", False),
-    # last box onto its target: +1 +10 and terminated
+    # last box onto its target: +1 +10 and solved
     ("#######\n#  @$.#\n#######", "right", 10.9, "#######\n#   @*#\n#######", True),
     # player steps off a target onto floor
     ("#####\n#+ $#\n# * #\n#####", "right", -0.1, "#####\n#.@$#\n# * #\n#####", False),
 ]
 
 
-@pytest.mark.parametrize(("xsb", "action", "reward", "after", "terminated"), STEP_CASES)
-def test_step_cases(xsb: str, action: str, reward: float, after: str, terminated: bool) -> None:
-    env = env_at(xsb)
-    _, r, term, trunc, info = env.step(action)
+@pytest.mark.parametrize(("xsb", "action", "reward", "after", "solved"), STEP_CASES)
+def test_step_cases(xsb: str, action: str, reward: float, after: str, solved: bool) -> None:
+    level, r, done = step(Level.from_xsb(xsb), action)
     assert r == pytest.approx(reward)
-    assert info["xsb"] == after
-    assert term is terminated
-    assert trunc is False
+    assert level.to_xsb() == after
+    assert done is solved
 
 
-def test_solving_sequence_and_integer_actions() -> None:
-    env = env_at(CORRIDOR)
-    rewards = [env.step(a)[1] for a in (4, np.int64(4))]  # gym-sokoban push ids: 4 = right
-    _, r, terminated, truncated, info = env.step("RIGHT")  # words are case-insensitive
-    assert rewards == pytest.approx([-0.1, -0.1])
-    assert r == pytest.approx(10.9) and terminated and not truncated
-    assert info["boxes_on_target"] == info["num_boxes"] == 1
-    with pytest.raises(RuntimeError, match="reset"):
-        env.step("left")  # the episode is over
-
-
-def test_integer_action_ids() -> None:
+def test_integer_action_ids_and_case() -> None:
     level = Level.from_xsb("#####\n#   #\n# @ #\n#$. #\n#####")
-    for action, player in [(1, (1, 2)), (2, (3, 2)), (3, (2, 1)), (4, (2, 3))]:
-        env = SokobanEnv()
-        env.reset(options={"level": level})
-        env.step(action)
-        assert env.level.player == player, action
-
-
-def test_truncation_at_max_steps() -> None:
-    env = env_at(CORRIDOR, max_steps=3)
-    flags = [env.step("left")[2:4] for _ in range(3)]
-    assert flags == [(False, False), (False, False), (False, True)]
-    assert SokobanEnv().max_steps == 120  # gym-sokoban's default
-
-
-def test_solved_on_the_last_allowed_step_is_terminated_not_truncated() -> None:
-    env = env_at(CORRIDOR, max_steps=3)
-    *_, (_, _, terminated, truncated, _) = [env.step("right") for _ in range(3)]
-    assert (terminated, truncated) == (True, False)
+    for action, player in [(1, (1, 2)), (2, (3, 2)), (3, (2, 1)), (4, (2, 3)), (np.int64(4), (2, 3)), ("LEFT", (2, 1))]:
+        assert step(level, action)[0].player == player, action
 
 
 @pytest.mark.parametrize("action", ["jump", "", "up,down", 0, 5, -1, True, 2.0, None])
 def test_invalid_actions_raise(action) -> None:
-    env = env_at(CORRIDOR)
     with pytest.raises(ValueError, match="invalid action"):
-        env.step(action)
+        step(Level.from_xsb(CORRIDOR), action)
 
 
-def test_observation_and_spaces() -> None:
-    env = SokobanEnv(max_size=8)
-    obs, info = env.reset(options={"level": Level.from_xsb(CORRIDOR)})
-    assert obs.shape == (8, 8) and obs.dtype == np.int8
-    assert env.observation_space.contains(obs)
-    assert env.action_space.contains(1) and env.action_space.contains(4) and not env.action_space.contains(0)
-    assert list(obs[1, :7]) == [0, CELL_CODES["player"], 1, CELL_CODES["box"], 1, CELL_CODES["target"], 0]
-    assert (obs[3:, :] == 0).all() and (obs[:, 7:] == 0).all()  # padding is wall
-    assert info == {"xsb": CORRIDOR, "steps": 0, "boxes_on_target": 0, "num_boxes": 1}
-    with pytest.raises(ValueError, match="max_size"):
-        SokobanEnv(max_size=5).reset(options={"level": Level.from_xsb(CORRIDOR)})
-
-
-def test_reset_without_level_generates_deterministically() -> None:
-    a, _ = SokobanEnv(size=6, num_boxes=1).reset(seed=3)
-    b, _ = SokobanEnv(size=6, num_boxes=1).reset(seed=3)
-    assert (a == b).all()
+def test_replay_stops_when_solved_and_at_max_actions() -> None:
     level = Level.from_xsb(CORRIDOR)
-    obs, _ = SokobanEnv(level, max_size=7).reset()
-    assert obs[1, 1] == CELL_CODES["player"]
-
-
-def test_render_mode_rgb_array() -> None:
-    env = SokobanEnv(Level.from_xsb(CORRIDOR), render_mode="rgb_array", cell=8)
-    env.reset()
-    frame = env.render()
-    assert frame.shape == (3 * 8, 7 * 8, 3)
+    result = replay(level, ["right"] * 5)
+    assert result.solved and result.rewards == pytest.approx([-0.1, -0.1, 10.9])
+    assert result.final is not None and result.final.solved
+    short = replay(level, ["right"] * 5, max_actions=2)
+    assert not short.solved and len(short.rewards) == 2 and short.final.player == (1, 3)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -189,7 +121,7 @@ def test_level_constructor_validation() -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# Solver, renderer
+# Solver
 
 
 def test_solve_small_cases() -> None:
@@ -204,55 +136,6 @@ def test_solve_small_cases() -> None:
     assert solution is not None and replay(level, solution).solved
     assert solve(level, max_nodes=2) is None  # node budget exhausted
 
-
-def test_render_is_deterministic_with_distinct_colours() -> None:
-    level = Level.from_xsb("#####\n#@$.#\n# * #\n#####")
-    a, b = render(level, cell=10), render(level, cell=10)
-    assert a.size == (50, 40) and a.mode == "RGB"
-    assert a.tobytes() == b.tobytes()
-    centre = {
-        name: a.getpixel((c * 10 + 5, r * 10 + 5))
-        for name, (r, c) in {
-            "wall": (0, 0),
-            "player": (1, 1),
-            "box": (1, 2),
-            "target": (1, 3),
-            "box_on_target": (2, 2),
-            "floor": (2, 1),
-        }.items()
-    }
-    assert len(set(centre.values())) == 6, centre
-
-
-# --------------------------------------------------------------------------------------------------
-# Generator: property test over sizes, box counts and seeds
-
-
-@settings(max_examples=300, deadline=None, derandomize=True)
-@given(size=st.sampled_from([6, 7, 8]), num_boxes=st.sampled_from([1, 2, 3]), seed=st.integers(0, 10**6))
-def test_generated_levels_are_solved_by_solve_and_env(size: int, num_boxes: int, seed: int) -> None:
-    level, solution = generate_level(size, num_boxes, seed)
-    assert (level.height, level.width) == (size, size)
-    assert len(level.boxes) == len(level.targets) == num_boxes
-    assert not level.solved
-    assert solution and solution == solve(level)
-    env = SokobanEnv(max_steps=len(solution), max_size=size)
-    env.reset(options={"level": level})
-    results = [env.step(action) for action in solution]
-    assert [r[2] for r in results] == [False] * (len(solution) - 1) + [True]  # terminates at the end only
-    assert env.level.boxes == level.targets
-
-
-def test_generator_is_deterministic_and_respects_max_moves() -> None:
-    assert generate_level(7, 2, 11) == generate_level(7, 2, 11)
-    assert generate_level(7, 2, 11) != generate_level(7, 2, 12)
-    for seed in range(10):
-        _, solution = generate_level(8, 2, seed, max_moves=6)
-        assert 1 <= len(solution) <= 6
-    with pytest.raises(ValueError, match="size"):
-        generate_level(4, 1, 0)
-    with pytest.raises(ValueError, match="num_boxes"):
-        generate_level(6, 0, 0)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -305,10 +188,3 @@ def test_sokoban_reward_partial_progress_and_max_actions() -> None:
     assert sokoban_reward(answer("right, right, right"), Level.from_xsb(CORRIDOR), max_actions=2) == (
         pytest.approx(0.5 + 0.0 - 0.3)
     )
-
-
-@pytest.mark.filterwarnings("ignore:.*alternative render modes")
-def test_gymnasium_env_checker_passes() -> None:
-    from gymnasium.utils.env_checker import check_env
-
-    check_env(SokobanEnv(size=6, num_boxes=1, render_mode="rgb_array"))
