@@ -31,11 +31,9 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
-import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,7 +44,7 @@ from torch import nn
 from lmmops.data.schemas import VQAItem
 from lmmops.icl.inference import ICLRunner
 from lmmops.vectors.base import VectorSet
-from lmmops.vectors.files import load_vectors, save_vectors
+from lmmops.vectors.files import load_vectors, replacing_directory, save_vectors
 from lmmops.vectors.train import attached, model_fingerprint
 
 BUNDLE_FORMAT = 1
@@ -57,6 +55,14 @@ DEFAULT_POOL = "vqa"
 def pool_dirname(pool: str) -> str:
     """A file-system name for a pool ("icl/colour/en" -> "icl-colour-en")."""
     return re.sub(r"[^A-Za-z0-9_.]+", "-", pool).strip("-") or "pool"
+
+
+def pool_dirnames(pools: Iterable[str]) -> dict[str, str]:
+    """{pool: its file-system name}; two pools that would share a name are an error."""
+    names = {pool: pool_dirname(pool) for pool in pools}
+    if len(set(names.values())) != len(names):
+        raise ValueError(f"pool names collide as file names: {names}")
+    return names
 
 
 def fingerprint_version(model: nn.Module, processor: Any) -> str:
@@ -97,13 +103,8 @@ def save_bundle(
     """Write every pool's vectors and the manifest to `directory` (replacing it whole); returns the directory."""
     if not vectors:
         raise ValueError("a vector bundle needs at least one pool")
-    names = {pool: pool_dirname(pool) for pool in vectors}
-    if len(set(names.values())) != len(names):
-        raise ValueError(f"pool names collide as directories: {names}")
-    out = Path(directory)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    names = pool_dirnames(vectors)
+    with replacing_directory(out := Path(directory)) as tmp:
         pools: dict[str, dict[str, Any]] = {}
         for pool, vs in vectors.items():
             if vs.method != method:
@@ -128,13 +129,6 @@ def save_bundle(
             "extra": extra or {},
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")  # pools in training order
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; a bundle is an ordinary output
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.replace(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

@@ -26,6 +26,11 @@ Departures from the references: they save a bare state dict (torch.save) with no
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +61,23 @@ MATCH_KEYS = (
     "base_model",
     "base_model_version",
 )
+
+
+@contextmanager
+def replacing_directory(out: Path) -> Iterator[Path]:
+    """A temporary directory beside `out` to write into; when the block ends without error it replaces `out`
+    whole (as an ordinary 0o755 directory), else it is removed and `out` is left as it was."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.replace(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _adapter(model: nn.Module | ModelAdapter) -> ModelAdapter:

@@ -21,17 +21,15 @@ Run: `python -m pytest tests/vectors/test_icl_reference.py -q`.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lmmops.data.schemas import VQAItem
-from lmmops.vectors.bundle import pool_dirname
+from lmmops.vectors.bundle import pool_dirnames
 from lmmops.vectors.evaluation import IclScores
+from lmmops.vectors.files import replacing_directory
 
 ICL_REFERENCE_FORMAT = 1
 MANIFEST = "manifest.json"
@@ -62,13 +60,8 @@ def write_icl_reference(
     extra: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write every pool's reference and the manifest to `directory` (replacing it whole); returns the directory."""
-    names = {pool: pool_dirname(pool) for pool in scores}
-    if len(set(names.values())) != len(names):
-        raise ValueError(f"pool names collide as file names: {names}")
-    out = Path(directory)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    names = pool_dirnames(scores)
+    with replacing_directory(out := Path(directory)) as tmp:
         entries: dict[str, dict[str, Any]] = {}
         (tmp / "pools").mkdir()
         for pool, s in scores.items():
@@ -84,13 +77,6 @@ def write_icl_reference(
                     "icl_draws": draws, "seed": seed, "decoding": dict(decoding), "pools": entries,
                     "extra": dict(extra or {})}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the reference is an ordinary output
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.replace(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
