@@ -10,6 +10,9 @@ paste into dvc.yaml.
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -90,3 +93,33 @@ def test_an_edited_module_is_covered():
             assert any(files[m] == p or p in files[m].parents for p in paths), (stage, m)
         for m in set(files) - modules:
             assert not any(files[m] == p or p in files[m].parents for p in paths), (stage, m)
+
+
+@pytest.mark.slow
+def test_dvc_status_sees_an_edit_to_an_imported_module(tmp_path):
+    """With DVC itself: after an edit to a module `generate` imports (two layers down), `dvc status` lists the
+    stage as changed; after an edit to a module it never imports, it does not."""
+    shutil.copytree(SRC, tmp_path / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("dvc.yaml", "params.yaml", ".dvcignore"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    for out in ("reports/generate/summary.json", "metrics/generate.json"):  # stand-ins for the stage's outputs
+        (tmp_path / out).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / out).write_text("{}\n")
+    dvc = [sys.executable, "-m", "dvc"]
+
+    def run(*args: str) -> str:
+        done = subprocess.run([*dvc, *args], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    run("init", "--no-scm", "-q")
+    run("commit", "-f", "-q", "generate")
+    assert "changed" not in run("status", "generate")
+    unimported = tmp_path / "src/lmmops/vectors/live.py"
+    assert "lmmops.vectors.live" not in stage_modules("generate")
+    unimported.write_text(unimported.read_text() + "\n# an edit\n")
+    assert "changed" not in run("status", "generate")
+    imported = tmp_path / "src/lmmops/eval/sokoban.py"  # generate -> data.synthetic.sokoban -> eval.sokoban
+    assert "lmmops.eval.sokoban" in stage_modules("generate")
+    imported.write_text(imported.read_text() + "\n# an edit\n")
+    assert "src/lmmops/eval/sokoban.py" in run("status", "generate")
