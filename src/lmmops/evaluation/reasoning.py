@@ -18,22 +18,39 @@ import torch
 
 from lmmops.data.schemas import MathItem
 from lmmops.eval.scoring import format_reward, verify_batch
+from lmmops.models import non_text_token_ids
 from lmmops.models.bootstrap.corpus import reasoning_prompt
 
 
 @torch.no_grad()
-def generate_completions(model: Any, processor: Any, prompts: Sequence[str], *, max_new_tokens: int = 96,
-                         batch_size: int = 50) -> list[str]:
-    """Greedy completions of text-only prompts (left padded), special tokens removed."""
+def completion_ids(model: Any, processor: Any, prompts: Sequence[str], *, max_new_tokens: int = 96,
+                   batch_size: int = 50, temperature: float | None = None, samples: int = 1) -> list[torch.Tensor]:
+    """The generated token ids of text-only prompts (left padded; after the first stop id comes padding): greedy
+    (`temperature` None) or `samples` per prompt sampled at `temperature`, prompt-major (prompt 0's samples first).
+
+    Non-text special tokens (`non_text_token_ids`: `<image>`, padding, ...) are never generated, so a completion
+    can be fed back with its prompt (an RL update) without an image placeholder that has no image."""
     tok = processor.tokenizer if hasattr(processor, "tokenizer") else processor
     device = next(model.parameters()).device
-    out: list[str] = []
+    sampling = {"do_sample": False} if temperature is None else {
+        "do_sample": True, "temperature": temperature, "top_k": 0, "num_return_sequences": samples}
+    suppress = non_text_token_ids(tok, keep=[tok.eos_token_id])
+    out: list[torch.Tensor] = []
     for b in range(0, len(prompts), batch_size):
         enc = tok(list(prompts[b : b + batch_size]), padding=True, padding_side="left", return_tensors="pt").to(device)
-        gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                             pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-        out += tok.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+        gen = model.generate(**enc, max_new_tokens=max_new_tokens, suppress_tokens=suppress,
+                             pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, **sampling)
+        out += list(gen[:, enc["input_ids"].shape[1] :])
     return out
+
+
+def generate_completions(model: Any, processor: Any, prompts: Sequence[str], *, max_new_tokens: int = 96,
+                         batch_size: int = 50, temperature: float | None = None, samples: int = 1) -> list[str]:
+    """`completion_ids` decoded, special tokens removed."""
+    tok = processor.tokenizer if hasattr(processor, "tokenizer") else processor
+    ids = completion_ids(model, processor, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                         temperature=temperature, samples=samples)
+    return tok.batch_decode(ids, skip_special_tokens=True)
 
 
 def evaluate_reasoning(

@@ -26,7 +26,7 @@ from lmmops.models.errors import ModelLoadError, PromptAlignmentError, Unsupport
 from lmmops.models.loading import load_model
 from lmmops.models.prompt import ICLItem, PromptBatch
 from lmmops.models.tiny import FAMILIES, build_tiny, tiny_config
-from lmmops.models.tokenizer import build_tokenizer
+from lmmops.models.tokenizer import build_tokenizer, non_text_token_ids
 
 __all__ = [
     "ADAPTERS",
@@ -43,6 +43,7 @@ __all__ = [
     "build_tokenizer",
     "family_of",
     "load_model",
+    "non_text_token_ids",
     "supported_families",
     "tiny_config",
 ]

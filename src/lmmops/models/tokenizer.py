@@ -188,3 +188,16 @@ def _wrap(
         model_max_length=model_max_length,
         clean_up_tokenization_spaces=False,
     )
+
+
+def non_text_token_ids(tokenizer: Any, keep: Iterable[int] = ()) -> list[int]:
+    """The ids of every special token that is not text (image placeholders, padding, bos, unk, chat markers),
+    except `keep` (the stop ids a completion must still be able to emit).
+
+    Generation passes them as `suppress_tokens`: a sampled `<image>` inside a completion would make the next
+    forward over prompt + completion fail (image tokens without image features), and none of them is part of an
+    answer."""
+    special = set(getattr(tokenizer, "all_special_ids", ()))
+    special |= {i for i, tok in getattr(tokenizer, "added_tokens_decoder", {}).items() if tok.special}
+    return sorted(special - {int(k) for k in keep if k is not None})
+
