@@ -98,6 +98,7 @@ def test_make_run_steps_then_noop(fresh_clone: Path):
     by_stage = {r["stage"]: r for r in data["stages"]}
     assert {"generate", "validate"} <= set(by_stage)
     assert by_stage["validate"]["metrics"]["success"] == 1.0
+    assert data["duplicates"] and set(data["duplicates"].values()) == {0.0}  # no held-out item repeats a train item
     md5 = yaml.safe_load((root / "data.dvc").read_text())["outs"][0]["md5"]
     assert by_stage["validate"]["dvc_data_md5"] == md5
     head = git(root, "rev-parse", "HEAD").strip()

@@ -43,6 +43,8 @@ TINY: dict[str, dict[str, Any]] = {
         "steps": 2, "batch_size": 4, "warmup_steps": 1, "max_shots": 2, "vqa_pack": 2,
         "long_icl_rows": 1, "long_max_shots": 4, "extra_reasoning_rows": 0,
         "checkpoint_every": 1, "log_every": 1, "eval_shots": [0, 1], "eval_repeats": 1, "eval_max_new_tokens": 8,
+        "perception_rows": 1, "perception_pack": 2, "perception_figures": 12, "multimodal_examples": 6,
+        "multimodal_pack": 1, "figure_eval_items": 3, "figure_eval_samples": 2, "figure_eval_max_new_tokens": 8,
     },
     "index": {"batch_size": 16, "threads": 1},
     "icl-eval": {

@@ -71,7 +71,10 @@ class MultimodalMathGenConfig:
     geo_test: int = 50
     perce_reason_train: int = 200
     perce_reason_test: int = 50
-    image_size: int = 64
+    # Pixels per side; the figure is 2x2 cells, at 32 one cell per 16-pixel vision patch of the base model.
+    image_size: int = 32
+    # Share of items whose question text also states the values drawn in the figure (0: only the image has them).
+    values_in_text_share: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,8 @@ class SokobanGenConfig:
     max_solution_length: int = 30
     # Pixels per grid square in the rendered image (16 = one square per 16-pixel vision patch).
     cell_pixels: int = 16
+    # Share of levels whose prompt also gives the board as XSB text (0: only the image shows it).
+    board_in_text_share: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -150,6 +155,13 @@ class BootstrapConfig:
     vqa_share: float = 0.0625
     multimodal_reasoning_share: float = 0.03125
     describe_share: float = 0.0625  # attribute questions on the ICL images (direct vision supervision)
+    # generated figures (lmmops.models.bootstrap.figures; none equal to an image of data/): perception rows read a
+    # figure's values, multimodal reasoning rows trace from the reading to the answer
+    perception_rows: int = 4  # rows per batch, on top of batch_size
+    perception_pack: int = 6  # figures read in one perception row (as wide as an 8-shot ICL episode)
+    perception_figures: int = 4000  # per domain (multimath, geo, perce_reason)
+    multimodal_examples: int = 2000  # per domain: the figures of the multimodal reasoning rows
+    multimodal_pack: int = 2  # multimodal reasoning examples packed into one row
     max_shots: int = 8  # demonstrations per ICL training episode
     # long ICL episodes: each takes the place of long_max_shots // max_shots ordinary ones (the same number of
     # answers) and is forwarded as a second sub-batch, so the short rows are not padded to its width
@@ -173,6 +185,9 @@ class BootstrapConfig:
     eval_shots: tuple[int, ...] = (0, 1, 2, 4, 8, 16)
     eval_repeats: int = 1  # demo draws per ICL test query
     eval_max_new_tokens: int = 96
+    figure_eval_items: int = 200  # fresh items per figure domain (reading, task, blind, pass@k)
+    figure_eval_samples: int = 8  # samples per item at temperature 1 for pass@k
+    figure_eval_max_new_tokens: int = 64
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -7,7 +7,9 @@
     lmmops report --json   the same as JSON, for scripts (the vectors table under "vectors", with per-pool accuracies
                            and, for LIVE and MimIC, the per-pool gap to ICL with its paired standard error; each
                            also without the near-duplicates: test_acc_nodup, test_acc_nodup_per_pool,
-                           gap_to_icl_nodup_per_pool)
+                           gap_to_icl_nodup_per_pool; the latest generate run's counts of held-out items that repeat a
+                           train item under "duplicates": {"duplicates/<kind>/<domain>/<split>": n}, null before
+                           generate has run)
     lmmops ui              the MLflow UI for this project's store on 127.0.0.1 (`make ui`)
 """
 
@@ -35,7 +37,18 @@ def collect(root: Path) -> dict[str, Any]:
         "stages": runs,
         "missing_stages": [s for s in STAGES if s not in {r["stage"] for r in runs}],
         "vectors": vector_table(runs),
+        "duplicates": duplicate_table(runs),
     }
+
+
+def duplicate_table(runs: list[dict[str, Any]]) -> dict[str, float] | None:
+    """The latest generate run's duplicates/<kind>/<domain>/<split> metrics (lmmops.data.duplicates): not among its
+    key metrics, so read from the full run; None when generate has not run."""
+    generate = next((r for r in runs if r["stage"] == "generate"), None)
+    if generate is None:
+        return None
+    metrics = tracking.run_info(generate["run_id"])["metrics"]
+    return {k: v for k, v in sorted(metrics.items()) if k.startswith("duplicates/")}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -158,6 +171,10 @@ def print_report(root: Path, *, as_json: bool = False) -> int:
     console.print(table)
     if data["vectors"]:
         _print_vector_table(console, data["vectors"])
+    repeated = {k.removeprefix("duplicates/"): _fmt(v) for k, v in (data["duplicates"] or {}).items() if v}
+    if repeated:
+        console.print("held-out items that repeat a train item (generate): "
+                      + "  ".join(f"{k}={v}" for k, v in repeated.items()))
     if data["missing_stages"]:
         console.print(f"no runs yet for: {', '.join(data['missing_stages'])}")
     if data["stages"]:

@@ -285,7 +285,7 @@ def test_multimodal_rows_match_the_vermulti_format(generated: tuple[Path, dict])
         assert item.answer.startswith("$\\boxed{") and item.answer.endswith("}$")
         assert len(item.images) == 1
         with Image.open(item.images[0]) as im:
-            assert im.size == (64, 64)
+            assert im.size == (32, 32)
         assert [c["type"] for c in item.message[0]["content"]] == ["image", "text"]
         if item.answer[8] in "ABCD" and item.answer[9] == "}":
             letters += 1

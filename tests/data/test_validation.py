@@ -25,7 +25,8 @@ def test_clean_tree_passes(generated: tuple[Path, dict]) -> None:
     report = _validate(data)
     assert report.success, report.format()
     assert report.failures == []
-    assert set(report.statistics) == {"vqa", "deepscaler", "multimath", "vermulti", "sokoban"}
+    assert set(report.statistics) == {"vqa", "deepscaler", "multimath", "vermulti", "sokoban", "duplicates"}
+    assert set(report.statistics["duplicates"].values()) == {0.0}  # held-out items repeating train items fail
     assert report.rows_checked == sum(summary["totals"][k] for k in
                                       ("vqa_items", "deepscaler_items", "multimodal_items", "sokoban_levels"))
     vqa = report.statistics["vqa"]

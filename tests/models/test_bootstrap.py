@@ -180,6 +180,9 @@ def test_stage_registers_champion_that_loads_back(data_dir: Path, project: Path)
     for key in ("icl_acc_0shot", "icl_acc_2shot", "icl_chance", "reasoning_format_rate", "reasoning_accuracy",
                 "params"):
         assert key in metrics
+    for domain in ("multimath", "geo", "perce_reason"):
+        for name in ("reading_acc", "task_acc", "blind_acc", f"pass_at_{cfg.figure_eval_samples}"):
+            assert 0.0 <= metrics[f"{name}/{domain}"] <= 1.0 and f"{name}_se/{domain}" in metrics
     assert metrics_path(project, "bootstrap").is_file()
     saved, _ = load_model(project / cfg.out_dir)
     registered, processor = load_model(tracking.resolve_model_spec("models:/lmmops-base@champion"))
@@ -192,3 +195,71 @@ def test_stage_registers_champion_that_loads_back(data_dir: Path, project: Path)
     ckpt = next((project / cfg.checkpoint_dir).glob("*/last.pt"))
     trained = torch.load(ckpt, weights_only=False)["model"]
     assert all(torch.equal(trained[k], b[k]) for k in trained if k in b)
+
+
+def test_figure_rows_read_the_values_and_trace_from_the_reading(data_dir: Path) -> None:
+    import numpy as np
+
+    from lmmops.data.duplicates import image_digest, multimodal_digests
+    from lmmops.models.bootstrap.figures import figure_pools, fresh_figures
+
+    cfg = dataclasses.replace(TINY, perception_figures=30, multimodal_examples=10, perception_rows=2,
+                              perception_pack=3, multimodal_reasoning_share=0.125, multimodal_pack=2, long_icl_rows=0,
+                              figure_eval_items=20)
+    corpora = load_corpora(data_dir, "train")
+    corpora.figures = figure_pools(cfg, data_dir, size=32)
+    assert len(corpora.figures.perception) == 3 * 30 and len(corpora.figures.reasoning) == 3 * 10
+    # no generated figure is an image of data/, and the fresh evaluation items are none of the training figures
+    data = multimodal_digests(data_dir)
+    assert data and not data & {image_digest(f.problem.image) for f in corpora.figures.perception}
+    fresh = fresh_figures(cfg, data_dir, corpora.figures, size=32)
+    assert {len(v) for v in fresh.values()} == {20}
+    trained = corpora.figures.trained_keys()
+    assert not any((d, p.key) in trained for d, items in fresh.items() for p in items)
+
+    processor = build_processor(corpus_texts(corpora))
+    tok = processor.tokenizer
+    enc = encode(corpora, processor, image_seq_length=4)
+    rows = sample_batch(np.random.default_rng(0), corpora, enc, tok, cfg)
+    perception = [r for r in rows if r.group == "perception"]
+    assert len(perception) == 2 and len(rows) == cfg.batch_size + 2  # perception rows come on top
+    readings = {f.problem.reading for f in corpora.figures.perception}
+    for row in perception:
+        assert len(row.images) == 3 and row.ids.count(tok.convert_tokens_to_ids("<image>")) == 3 * 4
+        labelled = [i for i, lab in zip(row.ids, row.labels, strict=True) if lab]  # each reading, then EOS
+        ends = [k for k, i in enumerate(labelled) if i == enc.eos]
+        parts = [tok.decode(labelled[a + 1 if a else 0 : b]) for a, b in zip([0, *ends[:-1]], ends, strict=True)]
+        assert len(parts) == 3 and all(part.strip() in readings for part in parts), parts
+        assert tok.unk_token_id not in row.ids
+    (mm,) = [r for r in rows if r.group == "mm_reasoning"]
+    trace = tok.decode([i for i, lab in zip(mm.ids, mm.labels, strict=True) if lab], skip_special_tokens=True)
+    assert trace.startswith("<think>The figure shows ") and "work out the answer" not in trace
+    assert trace.count("<answer>$\\boxed{") == 2 and len(mm.images) == 2
+
+
+def test_evaluate_figures_scores_reading_task_blind_and_pass_at_k_hand_computed(monkeypatch: pytest.MonkeyPatch
+                                                                                ) -> None:
+    import numpy as np
+
+    from lmmops.data.synthetic.diagrams import draw_problem
+    from lmmops.evaluation import figures as evaluation
+
+    rng = np.random.default_rng(0)
+    problems = [draw_problem("perce_reason", rng, 32, kind_index=2) for _ in range(2)]  # expressions "a op b"
+    answers = [p.answer for p in problems]
+
+    def fake_generate(model, processor, prompts, *, images, temperature=None, samples=1, **_):
+        blank = all(im.getextrema() == ((255, 255), (255, 255), (255, 255)) for im in images)
+        if "What does the figure show?" in prompts[0]:  # item 0 read exactly (extra spaces are fine), item 1 not
+            return [f"  {problems[0].reading} ", "1 + 1"]
+        box = "<think>t</think><answer>$\\boxed{%s}$</answer>"
+        if temperature is None:  # greedy: item 0 right with its image, nothing right blind
+            return [box % ("0" if blank else answers[0]), box % "0"]
+        # 2 samples each: item 0 wrong twice, item 1 right once
+        return [box % "0", box % "0", box % "0", box % answers[1]]
+
+    monkeypatch.setattr(evaluation, "generate_completions", fake_generate)
+    out = evaluation.evaluate_figures(None, None, {"perce_reason": problems}, samples=2)
+    assert out["reading_acc/perce_reason"] == 0.5 and out["task_acc/perce_reason"] == 0.5
+    assert out["blind_acc/perce_reason"] == 0.0 and out["pass_at_2/perce_reason"] == 0.5
+    assert out["task_acc_se/perce_reason"] == pytest.approx(math.sqrt(0.5 * 0.5 / 2))

@@ -52,7 +52,9 @@ def check_config(cfg: GenerateConfig) -> None:
     }
     problems += [f"{k} must be >= 0, got {v}" for k, v in counts.items() if v < 0]
     for key, share in (("vqa.icl_task_share", cfg.vqa.icl_task_share),
-                       ("vqa.near_duplicate_share", cfg.vqa.near_duplicate_share)):
+                       ("vqa.near_duplicate_share", cfg.vqa.near_duplicate_share),
+                       ("multimodal.values_in_text_share", cfg.multimodal.values_in_text_share),
+                       ("sokoban.board_in_text_share", cfg.sokoban.board_in_text_share)):
         if not 0.0 <= share <= 1.0:
             problems.append(f"{key} must be in [0, 1], got {share}")
     if cfg.vqa.image_size < 16:

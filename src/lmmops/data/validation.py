@@ -15,6 +15,11 @@ Every unexpected row is mapped back to its file and row through the view's `_fil
 (VQA annotation fields through `_ann_file` / `_ann_row`). A file that is not valid JSON, a missing
 family (one of cfg.families) or a missing split is reported as a failure too, without a suite.
 
+Cross-split duplicates (lmmops.data.duplicates): after the suites, every held-out item of multimath, VerMulti
+(geo, perce_reason) or Sokoban that repeats a train item (same text and image pixels, Sokoban the same board; or
+a question text whose every train item has its answer) is a failure naming its file, row, id and the train item it
+repeats; the counts go to `report.statistics["duplicates"]` ({"duplicates/<kind>/<domain>/<split>": n}).
+
 Math answers are checked with the reward's own code path (`lmmops.eval.scoring.verify_batch`, gold = the
 answer, prediction = the same answer): a gold the reward would skip fails validation; one that parses
 but does not verify against itself is only counted (`answers_not_self_verifying`: usually a timeout).
@@ -41,6 +46,7 @@ from PIL import Image
 
 from lmmops.config import ValidateConfig
 from lmmops.data import layout
+from lmmops.data.duplicates import counts, duplicate_pairs
 from lmmops.data.loaders import VQA_FIELD_SOURCE, available_splits, parse_message, tabular_view
 from lmmops.data.schemas import DataError
 from lmmops.eval.scoring import verify_batch
@@ -58,6 +64,14 @@ REQUIRED_SPLITS: dict[str, dict[str, tuple[str, ...]]] = {
     "sokoban": {"": layout.JSONL_SPLITS},
 }
 CONFIDENCES = {"yes", "maybe", "no"}
+# The duplicate check's domains and the family whose files hold each one.
+DUPLICATE_DOMAINS = {"multimath": "multimath", "geo": "vermulti", "perce_reason": "vermulti", "sokoban": "sokoban"}
+DUPLICATES = "duplicates"  # the statistics entry of the duplicate counts: not a family
+DUPLICATE_EXPECTATIONS = {
+    "same_item": "no held-out item repeats a train item (same question text and image)",
+    "same_text_answer": "no held-out item repeats a train item "
+                        "(its question text alone gives the answer train teaches)",
+}
 
 
 @dataclass(frozen=True)
@@ -102,6 +116,10 @@ class ValidationReport:
         lines = [f"validation of {self.data_dir}: {'PASSED' if self.success else 'FAILED'} "
                  f"({self.rows_checked} rows, {len(self.failures)} failures)"]
         for fam, stats in self.statistics.items():
+            if fam == DUPLICATES:
+                found = ", ".join(f"{k.removeprefix('duplicates/')}={int(v)}" for k, v in stats.items())
+                lines.append(f"  held-out items that repeat a train item: {found or 'none checked'}")
+                continue
             ge = stats.get("expectations", {})
             extra = ", ".join(f"{k}={v}" for k, v in stats.items() if k not in ("rows", "expectations", "splits"))
             lines.append(f"  {fam}: {stats.get('rows', 0)} rows {stats.get('splits', {})}; expectations "
@@ -608,6 +626,7 @@ def validate_all(cfg: ValidateConfig, root: Path) -> ValidationReport:
         report.success = False
         return report
     gx_runner: _GX | None = None
+    views: dict[str, pd.DataFrame] = {}
     for family in cfg.families:
         try:
             present = available_splits(data_dir, family)
@@ -633,8 +652,47 @@ def validate_all(cfg: ValidateConfig, root: Path) -> ValidationReport:
         failures, stats = validate_family(family, df, data_dir, cfg, gx_runner)
         report.failures += failures
         report.statistics[family] = stats
+        views[family] = df
+    domains = [d for d, family in DUPLICATE_DOMAINS.items() if family in views]
+    if domains:
+        duplicates, failures = _duplicate_failures(data_dir, domains, views)
+        report.failures += failures
+        report.statistics[DUPLICATES] = counts(duplicates)
     report.success = not report.failures
     return report
+
+
+def _duplicate_failures(data_dir: Path, domains: list[str], views: dict[str, pd.DataFrame]
+                        ) -> tuple[dict[tuple[str, str, str], list[tuple[str, str]]], list[Failure]]:
+    """(duplicate_pairs of `domains`, one Failure per held-out item that repeats a train item, located by the
+    family's view). A domain whose files the strict loaders cannot read is skipped: its suite reports why."""
+    found: dict[tuple[str, str, str], list[tuple[str, str]]] = {}
+    for domain in domains:
+        try:
+            found.update(duplicate_pairs(data_dir, [domain]))
+        except (ValueError, OSError) as exc:  # DataError is a ValueError; an image that does not open an OSError
+            log.warning("duplicates of %s not checked: %s", domain, exc)
+    where: dict[tuple[str, str, str], tuple[str, int]] = {}
+    for family, df in views.items():
+        subsets = df["subset"] if "subset" in df else pd.Series(family, index=df.index)
+        for subset, split, item_id, file, row in zip(subsets, df["split"], df["id"], df["_file"], df["_row"],
+                                                     strict=True):
+            where.setdefault((subset, split, item_id), (file, int(row)))
+    failures = []
+    for (kind, domain, split), pairs in found.items():
+        family = DUPLICATE_DOMAINS[domain]
+        for item_id, train_id in pairs:
+            file, row = where.get((domain, split, item_id), (None, None))
+            if domain == "sokoban":
+                expectation, fld = "no held-out level repeats a train level (same board)", "grid"
+                detail = f"the board of train level {train_id}"
+            else:
+                expectation, fld = DUPLICATE_EXPECTATIONS[kind], "message"
+                detail = (f"repeats train item {train_id}" if kind == "same_item" else
+                          f"the question text of train item {train_id}, whose answer it has")
+            failures.append(Failure(family, file, row, item_id, fld, expectation, detail))
+    failures.sort(key=lambda f: (f.family, f.file or "", f.row if f.row is not None else -1, f.expectation))
+    return found, failures
 
 
 def _expected_file(family: str, subset: str, split: str) -> str:

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from lmmops.data.schemas import MathItem
 from lmmops.eval.scoring import format_reward, verify_batch
@@ -24,9 +25,11 @@ from lmmops.models.bootstrap.corpus import reasoning_prompt
 
 @torch.no_grad()
 def completion_ids(model: Any, processor: Any, prompts: Sequence[str], *, max_new_tokens: int = 96,
-                   batch_size: int = 50, temperature: float | None = None, samples: int = 1) -> list[torch.Tensor]:
-    """The generated token ids of text-only prompts (left padded; after the first stop id comes padding): greedy
+                   batch_size: int = 50, temperature: float | None = None, samples: int = 1,
+                   images: Sequence[Image.Image] | None = None) -> list[torch.Tensor]:
+    """The generated token ids of prompts (left padded; after the first stop id comes padding): greedy
     (`temperature` None) or `samples` per prompt sampled at `temperature`, prompt-major (prompt 0's samples first).
+    With `images` (one per prompt, whose `<image>` placeholder the processor expands) the prompts are multimodal.
 
     Non-text special tokens (`non_text_token_ids`: `<image>`, padding, ...) are never generated, so a completion
     can be fed back with its prompt (an RL update) without an image placeholder that has no image."""
@@ -37,7 +40,12 @@ def completion_ids(model: Any, processor: Any, prompts: Sequence[str], *, max_ne
     suppress = non_text_token_ids(tok, keep=[tok.eos_token_id])
     out: list[torch.Tensor] = []
     for b in range(0, len(prompts), batch_size):
-        enc = tok(list(prompts[b : b + batch_size]), padding=True, padding_side="left", return_tensors="pt").to(device)
+        if images is None:
+            enc = tok(list(prompts[b : b + batch_size]), padding=True, padding_side="left", return_tensors="pt")
+        else:
+            enc = processor(text=list(prompts[b : b + batch_size]), images=list(images[b : b + batch_size]),
+                            padding=True, padding_side="left", return_tensors="pt")
+        enc = enc.to(device)
         gen = model.generate(**enc, max_new_tokens=max_new_tokens, suppress_tokens=suppress,
                              pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, **sampling)
         out += list(gen[:, enc["input_ids"].shape[1] :])
@@ -45,11 +53,12 @@ def completion_ids(model: Any, processor: Any, prompts: Sequence[str], *, max_ne
 
 
 def generate_completions(model: Any, processor: Any, prompts: Sequence[str], *, max_new_tokens: int = 96,
-                         batch_size: int = 50, temperature: float | None = None, samples: int = 1) -> list[str]:
+                         batch_size: int = 50, temperature: float | None = None, samples: int = 1,
+                         images: Sequence[Image.Image] | None = None) -> list[str]:
     """`completion_ids` decoded, special tokens removed."""
     tok = processor.tokenizer if hasattr(processor, "tokenizer") else processor
     ids = completion_ids(model, processor, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                         temperature=temperature, samples=samples)
+                         temperature=temperature, samples=samples, images=images)
     return tok.batch_decode(ids, skip_special_tokens=True)
 
 

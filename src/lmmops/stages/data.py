@@ -5,7 +5,9 @@
 
 The generators and suites live in `lmmops.data`; this module only records their results: the data
 version (DVC md5) as a run tag, the per-family tables as MLflow dataset inputs, the reports as
-artifacts and DVC outputs under reports/.
+artifacts and DVC outputs under reports/. `generate` also counts the held-out multimodal items that repeat a
+train item (lmmops.data.duplicates) into its metrics, `duplicates/<kind>/<domain>/<split>`, which validate then
+fails on item by item.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from lmmops import tracking
 from lmmops.config import GenerateConfig, ValidateConfig
 from lmmops.data import generate_all, tabular_views, validate_all
+from lmmops.data.duplicates import duplicate_counts
 from lmmops.stages import StageContext, StageFailed, write_json_atomic
 from lmmops.storage.dvc import dvc_add
 
@@ -72,7 +75,22 @@ def generate(cfg: GenerateConfig, ctx: StageContext) -> dict[str, float]:
         "deepscaler_rows": float(totals.get("deepscaler_items", 0)),
         "multimodal_rows": float(totals.get("multimodal_items", 0)),
         "sokoban_levels": float(totals.get("sokoban_levels", 0)),
+        **_duplicate_counts(data_dir),
     }
+
+
+def _duplicate_counts(data_dir: Path) -> dict[str, float]:
+    """duplicate_counts of the data tree; none for real data that the strict loaders cannot read (validate says
+    which row and why, and fails)."""
+    try:
+        found = duplicate_counts(data_dir)
+    except (ValueError, OSError) as exc:  # DataError is a ValueError; an image that does not open an OSError
+        log.warning("held-out items repeating a train item not counted: %s", exc)
+        return {}
+    repeated = {k: int(v) for k, v in found.items() if v}
+    if repeated:
+        log.warning("held-out items that repeat a train item (validate fails on each): %s", repeated)
+    return found
 
 
 def validate(cfg: ValidateConfig, ctx: StageContext) -> dict[str, float]:

@@ -22,9 +22,12 @@ import torch
 from lmmops import tracking
 from lmmops.config import BootstrapConfig
 from lmmops.data.loaders import load_deepscaler, load_vqa
+from lmmops.evaluation.figures import evaluate_figures
 from lmmops.evaluation.icl import evaluate_icl
 from lmmops.evaluation.reasoning import evaluate_reasoning
 from lmmops.models.bootstrap import count_params, train
+from lmmops.models.bootstrap.figures import FIGURE_DOMAINS, fresh_figures
+from lmmops.models.bootstrap.model import IMAGE_SIZE
 from lmmops.stages import StageContext
 
 log = logging.getLogger(__name__)
@@ -67,6 +70,16 @@ def eval_table(metrics: dict[str, float], shots: tuple[int, ...]) -> str:
                  f"accuracy: {100 * metrics.get('reasoning_accuracy', 0):.1f}%")
     levels = sorted(k for k in metrics if k.startswith("reasoning_accuracy/"))
     lines += [f"  {k.split('/')[1]}: {100 * metrics[k]:.1f}%" for k in levels]
+    domains = [d for d in FIGURE_DOMAINS if f"task_acc/{d}" in metrics]
+    if domains:
+        columns = [c for c in ("reading_acc", "task_acc", "blind_acc") if f"{c}/{domains[0]}" in metrics]
+        columns += sorted(k.split("/")[0] for k in metrics if k.startswith("pass_at_") and k.endswith(f"/{domains[0]}")
+                          and "_se" not in k)
+        lines += ["", "fresh figure items (greedy; pass@k sampled at temperature 1), % +- standard error:", "",
+                  "| domain | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+        for d in domains:
+            cells = [f"{100 * metrics[f'{c}/{d}']:.1f} +- {100 * metrics[f'{c}_se/{d}']:.1f}" for c in columns]
+            lines.append(f"| {d} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -94,6 +107,11 @@ def bootstrap(cfg: BootstrapConfig, ctx: StageContext) -> dict[str, float]:
                                 repeats=cfg.eval_repeats, seed=cfg.seed, samples_out=icl_samples))
     metrics.update(evaluate_reasoning(model, processor, load_deepscaler(data_dir, "test"),
                                       max_new_tokens=cfg.eval_max_new_tokens, samples_out=reasoning_samples))
+    figure_samples: list[dict[str, Any]] = []
+    if cfg.figure_eval_items:
+        fresh = fresh_figures(cfg, data_dir, result.figures, IMAGE_SIZE)
+        metrics.update(evaluate_figures(model, processor, fresh, samples=cfg.figure_eval_samples,
+                                        max_new_tokens=cfg.figure_eval_max_new_tokens, samples_out=figure_samples))
     metrics["params"] = float(count_params(model))
     metrics["steps"] = float(result.steps)
     table = eval_table(metrics, cfg.eval_shots)
@@ -101,6 +119,7 @@ def bootstrap(cfg: BootstrapConfig, ctx: StageContext) -> dict[str, float]:
     ctx.run.log_text(table, "bootstrap/eval_table.md")
     ctx.run.log_text(json.dumps(reasoning_samples, indent=2), "bootstrap/samples_reasoning.json")
     ctx.run.log_text(json.dumps(icl_samples, indent=2), "bootstrap/samples_icl.json")
+    ctx.run.log_text(json.dumps(figure_samples, indent=2), "bootstrap/samples_figures.json")
 
     # 3. Save (the DVC output), log and register as <name>@champion.
     out_dir = ctx.path(cfg.out_dir)

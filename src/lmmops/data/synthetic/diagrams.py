@@ -1,30 +1,40 @@
 """Synthetic multimodal math in the MultiMath / VerMulti row format: a chat `message` with an image and an
-exact `answer` in `$\\boxed{...}$`.
+exact `answer` in `$\\boxed{...}$`, where the values the answer needs are drawn in the image.
 
-    from lmmops.data.synthetic.diagrams import generate_multimodal
+    from lmmops.data.synthetic.diagrams import generate_multimodal, draw_problem
     counts = generate_multimodal(cfg.multimodal, seed=cfg.seed, out=Path("data"))
+    problem = draw_problem("geo", np.random.default_rng(0), size=32)   # one item in memory
 
-Three subsets, each with train/test JSONL files and PNG images (cfg.image_size, default 64x64):
-- multimath: rectangle area/perimeter from labelled sides, shaded fraction of a grid (answers such as
-  \\frac{3}{8}), reading a product written in the image;
-- vermulti/geo: angles on a straight line, triangle angle sums, isosceles base angles, parallel lines
-  cut by a transversal (which angle is asked is only visible in the diagram);
-- vermulti/perce_reason: counting shapes by shape or colour and computing with the counts, reading an
-  expression from the image and evaluating it.
+A figure is a 2x2 grid of cells (at the default 32 px: 16 px cells, one per vision patch of the base model).
+Numbers are written in cells with the bitmap font at twice its size; the other cells draw the object the
+question is about (a triangle, a rectangle, shapes to count). Three subsets:
+- multimath: area or perimeter of a rectangle from its written sides, the shaded fraction of a grid, the
+  product of two written numbers;
+- vermulti/geo: the third angle of a triangle, the third of three angles on a straight line, the fourth angle
+  of a quadrilateral, from the angles written in the figure;
+- vermulti/perce_reason: counting shapes by shape or colour and comparing counts, the total price of the shapes
+  at a written price, evaluating a written expression.
 About 40% of geo and perception rows are multiple choice (options A-D in the text, a letter answer).
+
+The question text names the task, not the values: by default (`values_in_text_share` 0) only the image
+gives them, so a model must read the figure; the share of items that also state them in the text is a
+config option. Every item has a `key` (its kind and generating values): a held-out item never repeats a train
+item's key, nor a question text whose train answers are all its answer (`generate_multimodal` redraws it), so
+test measures reading and solving, not memory. `reading` is what the figure shows (e.g. "35 , 70"), the
+target of the base model's perception rows and of its reading accuracy.
 
 Rows: {"id", "message", "answer"}; `message` is a JSON *string* holding an OpenAI-style chat list, as in
 the LMM-R1 data: [{"role": "user", "content": [{"type": "image", "image": <path relative to the data
 directory>}, {"type": "text", "text": ...}]}]. The `id` key is an addition (real rows have none).
-Departure from the real sets: rendered toy diagrams with a 3x5 bitmap font, not scanned textbook figures.
+Departure from the real sets: toy figures with a 3x5 bitmap font, not scanned textbook figures.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -40,278 +50,325 @@ from lmmops.data.synthetic.scenes import COLOUR_RGB, COLOURS, SHAPES
 
 FAMILY_OFFSET = 303
 SUBSET_OFFSETS = {"multimath": 0, "geo": 10, "perce_reason": 20}
+SUBSETS = tuple(SUBSET_OFFSETS)
 INK = (20, 20, 20)
 WHITE = (255, 255, 255)
+RULE = (200, 200, 200)
 LETTERS = "ABCD"
+MC_SHARE = 0.4  # multiple-choice share of geo and perce_reason rows
+MAX_DRAWS = 10_000  # redraws allowed per held-out item before the problem space counts as too small
 
-# A problem: (image, question text, answer value or letter, the value options for multiple choice or None)
-Problem = tuple[Image.Image, str, str, list[str] | None]
+
+@dataclass(frozen=True)
+class FigureProblem:
+    """One item: the figure, the question, the answer (a value or a letter) and what the figure shows."""
+
+    kind: str
+    image: Image.Image
+    stem: str  # the question without its options
+    answer: str
+    reading: str  # the values drawn in the figure, in cell order ("35 , 70")
+    plan: str  # how the answer follows from the reading, without the result ("x = 180 - 35 - 70")
+    key: tuple[Hashable, ...]  # the kind and its generating values: equal keys draw the same figure
+    options: tuple[str, ...] | None = None  # multiple choice: the four option texts
+
+    @property
+    def question(self) -> str:
+        if self.options is None:
+            return self.stem
+        return self.stem + "\nChoices:\n" + "\n".join(f"{LETTERS[i]}: {o}" for i, o in enumerate(self.options))
+
+    @property
+    def value(self) -> str:
+        """The answer's value (for multiple choice: the text of the correct option)."""
+        return self.answer if self.options is None else self.options[LETTERS.index(self.answer)]
 
 
 def _ri(rng: np.random.Generator, lo: int, hi: int) -> int:
     return int(rng.integers(lo, hi + 1))
 
 
-def _canvas(size: int) -> tuple[Image.Image, ImageDraw.ImageDraw]:
-    img = Image.new("RGB", (size, size), WHITE)
-    return img, ImageDraw.Draw(img)
+class _Figure:
+    """A `size` x `size` white canvas seen as 2x2 cells (0 top left, 1 top right, 2 bottom left, 3 bottom right)."""
+
+    def __init__(self, size: int):
+        self.size, self.half = size, size // 2
+        self.image = Image.new("RGB", (size, size), WHITE)
+        self.draw = ImageDraw.Draw(self.image)
+        self.line_width = max(1, size // 32)
+
+    def origin(self, cell: int) -> tuple[int, int]:
+        return (cell % 2) * self.half, (cell // 2) * self.half
+
+    def write(self, cell: int, text: str) -> None:
+        """`text` centred in `cell`, at the largest scale (up to size/16) that fits the cell."""
+        scale = max(1, self.size // 16)
+        while scale > 1 and text_size(text, scale)[0] > self.half - 1:
+            scale -= 1
+        w, h = text_size(text, scale)
+        x0, y0 = self.origin(cell)
+        draw_text(self.draw, text, x0 + (self.half - w) // 2, y0 + (self.half - h) // 2, scale, INK)
+        if cell % 2 == 0:  # a faint rule on the right edge keeps two written numbers apart for a human reader
+            self.draw.line([(x0 + self.half - 1, y0), (x0 + self.half - 1, y0 + self.half - 1)], fill=RULE)
+
+    def shapes(self, cell: int, colour: str, shape: str, count: int) -> None:
+        """`count` (1-4) equal shapes in the 2x2 slots of `cell`, in reading order."""
+        slot = self.half // 2
+        x0, y0 = self.origin(cell)
+        side = max(4, slot - max(1, slot // 4))
+        for k in range(count):
+            sx, sy = x0 + (k % 2) * slot + (slot - side) // 2, y0 + (k // 2) * slot + (slot - side) // 2
+            draw_shape(self.draw, shape, sx, sy, side, COLOUR_RGB[colour])
+
+    def bottom_box(self) -> tuple[float, float, float, float]:
+        """The bottom half, inset by one unit: where the object of the question is drawn."""
+        u = self.size / 32
+        return 1.5 * u, self.half + 1.5 * u, self.size - 2 * u, self.size - 2 * u
 
 
-def _label(draw: ImageDraw.ImageDraw, text: str, cx: float, cy: float, scale: int, size: int) -> None:
-    """Text centred at (cx, cy), kept inside the image."""
-    w, h = text_size(text, scale)
-    x = int(min(max(round(cx - w / 2), 0), size - w))
-    y = int(min(max(round(cy - h / 2), 0), size - h))
-    draw_text(draw, text, x, y, scale, INK)
-
-
-def _polar(cx: float, cy: float, r: float, deg: float) -> tuple[float, float]:
-    """A point at angle `deg` (counter-clockwise from +x, as in maths; image y grows downwards)."""
-    return cx + r * math.cos(math.radians(deg)), cy - r * math.sin(math.radians(deg))
-
-
-def _choices(rng: np.random.Generator, correct: int, distractors: list[int], unit: str) -> tuple[str, list[str]]:
+def _choices(rng: np.random.Generator, correct: int, distractors: list[int], unit: str) -> tuple[str, tuple[str, ...]]:
     """Four options (the correct one among 3 distinct positive distractors) and the correct letter."""
     pool = {d for d in distractors if d > 0 and d != correct}
     step = 1
     while len(pool) < 3:  # pad with nearby values when the distractors collapse
         pool |= {v for v in (correct + step, correct + 2 * step) if v != correct}
         step += 1
-    pool = sorted(pool)
-    picked = [int(v) for v in rng.choice(pool, size=3, replace=False)]
+    picked = [int(v) for v in rng.choice(sorted(pool), size=3, replace=False)]
     options = [correct, *picked]
-    order = rng.permutation(4)
-    options = [options[i] for i in order]
-    letter = LETTERS[options.index(correct)]
-    return letter, [f"{v}{unit}" for v in options]
+    options = [options[i] for i in rng.permutation(4)]
+    return LETTERS[options.index(correct)], tuple(f"{v}{unit}" for v in options)
 
 
-def _maybe_mc(rng: np.random.Generator, image: Image.Image, text: str, correct: int, distractors: list[int],
-              unit: str, mc_share: float = 0.4) -> Problem:
-    if rng.random() < mc_share:
-        letter, options = _choices(rng, correct, distractors, unit)
-        return image, text, letter, options
-    return image, text, str(correct), None
+def _problem(rng: np.random.Generator, kind: str, fig: _Figure, stem: str, value: int | str, reading: str,
+             plan: str, key: tuple[Hashable, ...], *, mc: list[int] | None = None, unit: str = "") -> FigureProblem:
+    """The item; with `mc` distractors it is multiple choice with probability MC_SHARE."""
+    if mc is not None and rng.random() < MC_SHARE:
+        letter, options = _choices(rng, int(value), mc, unit)
+        return FigureProblem(kind, fig.image, stem, letter, reading, plan, key, options)
+    return FigureProblem(kind, fig.image, stem, str(value), reading, plan, key)
 
 
 # ----------------------------------------------------------------------------------------------------
 # geometry (VerMulti-Geo)
 
 
-def geo_straight_line(rng: np.random.Generator, size: int) -> Problem:
-    a = _ri(rng, 4, 16) * 10 + int(rng.choice([0, 5]))  # 40..165
-    img, d = _canvas(size)
-    s, sc = size, max(1, size // 64)
-    vx, vy = 0.5 * s, 0.68 * s
-    d.line([(0.06 * s, vy), (0.94 * s, vy)], fill=INK, width=sc)
-    d.line([(vx, vy), _polar(vx, vy, 0.5 * s, a)], fill=INK, width=sc)
-    _label(d, f"{a}°", *_polar(vx, vy, 0.2 * s, a / 2), sc, s)
-    _label(d, "x", *_polar(vx, vy, 0.16 * s, (a + 180) / 2), sc, s)
-    text = (f"In the figure, a ray meets a straight line and makes an angle of {a}°. "
-            "What is the value of x in degrees?")
-    x = 180 - a
-    return _maybe_mc(rng, img, text, x, [a, 90 - x if x < 90 else x - 90, x + 10, x - 10, 360 - a], "°")
-
-
-def _draw_triangle(d: ImageDraw.ImageDraw, size: int, a: float, b: float) -> tuple[tuple[float, float], ...]:
-    """A triangle with angles a (left) and b (right) on a horizontal base; returns its vertices."""
-    s = size
+def geo_triangle(rng: np.random.Generator, size: int, values_in_text: bool) -> FigureProblem:
+    a, b = _ri(rng, 10, 99), _ri(rng, 10, 99)
+    while a + b > 170:
+        a, b = _ri(rng, 10, 99), _ri(rng, 10, 99)
+    x = 180 - a - b
+    fig = _Figure(size)
+    fig.write(0, str(a))
+    fig.write(1, str(b))
+    x0, y0, x1, y1 = fig.bottom_box()
     ta, tb = math.tan(math.radians(a)), math.tan(math.radians(b))
-    base = 0.8 * s
-    h = base * ta * tb / (ta + tb)
-    scale = min(1.0, 0.7 * s / h)  # keep tall triangles inside the image
-    base, h = base * scale, h * scale
-    x0, y0 = (s - base) / 2, 0.86 * s
-    p0, p1, apex = (x0, y0), (x0 + base, y0), (x0 + h / ta, y0 - h)
-    d.polygon([p0, p1, apex], outline=INK)
-    return p0, p1, apex
+    apex = tb / (ta + tb)  # on a base from 0 to 1, where sides rising at a (left) and b (right) meet
+    lo, hi = min(0.0, apex), max(1.0, apex)  # an obtuse base angle puts the apex beyond the base: fit the box
+    at = [x0 + (x1 - x0) * (v - lo) / (hi - lo) for v in (0.0, 1.0, apex)]
+    fig.draw.polygon([(at[0], y1), (at[1], y1), (at[2], y0)], outline=INK)
+    stem = (f"Two angles of a triangle measure {a}° and {b}°. Find the third angle in degrees." if values_in_text
+            else "The figure gives two angles of a triangle. Find the third angle in degrees.")
+    return _problem(rng, "triangle", fig, stem, x, f"{a} , {b}", f"x = 180 - {a} - {b}", ("triangle", a, b),
+                    mc=[180 - x, a + b, x + 10, x - 10, abs(a - b)], unit="°")
 
 
-def _inside(vertex: tuple[float, float], p: tuple[float, float], q: tuple[float, float],
-            r: float) -> tuple[float, float]:
-    """The point at distance r from `vertex` along the bisector of the angle p-vertex-q."""
-    u = [p[0] - vertex[0], p[1] - vertex[1]]
-    v = [q[0] - vertex[0], q[1] - vertex[1]]
-    nu, nv = math.hypot(*u), math.hypot(*v)
-    w = [u[0] / nu + v[0] / nv, u[1] / nu + v[1] / nv]
-    nw = math.hypot(*w)
-    return vertex[0] + r * w[0] / nw, vertex[1] + r * w[1] / nw
+def geo_straight_line(rng: np.random.Generator, size: int, values_in_text: bool) -> FigureProblem:
+    a, b = _ri(rng, 10, 99), _ri(rng, 10, 99)
+    while a + b > 165:
+        a, b = _ri(rng, 10, 99), _ri(rng, 10, 99)
+    x = 180 - a - b
+    fig = _Figure(size)
+    fig.write(0, str(a))
+    fig.write(1, str(b))
+    x0, y0, x1, y1 = fig.bottom_box()
+    cx, r = (x0 + x1) / 2, y1 - y0
+    fig.draw.line([(x0, y1), (x1, y1)], fill=INK, width=fig.line_width)
+    for ray in (180 - a, x):  # the rays between the three angles, counter-clockwise from the right
+        t = math.radians(ray)
+        fig.draw.line([(cx, y1), (cx + r * math.cos(t), y1 - r * math.sin(t))], fill=INK, width=fig.line_width)
+    stem = (f"Three angles meet on a straight line; two measure {a}° and {b}°. Find the third angle in degrees."
+            if values_in_text else
+            "Three angles meet on a straight line and the figure gives two of them. Find the third angle in degrees.")
+    return _problem(rng, "straight_line", fig, stem, x, f"{a} , {b}", f"x = 180 - {a} - {b}",
+                    ("straight_line", a, b), mc=[180 - a, 180 - b, a + b, x + 10, x - 10], unit="°")
 
 
-def geo_triangle_sum(rng: np.random.Generator, size: int) -> Problem:
-    a = _ri(rng, 6, 16) * 5  # 30..80
-    b = _ri(rng, 6, min(16, (130 - a) // 5)) * 5  # a + b <= 130: the apex angle is at least 50
-    c = 180 - a - b
-    img, d = _canvas(size)
-    sc = max(1, size // 64)
-    p0, p1, apex = _draw_triangle(d, size, a, b)
-    r = 0.17 * size
-    _label(d, f"{a}", *_inside(p0, p1, apex, r), sc, size)
-    _label(d, f"{b}", *_inside(p1, p0, apex, r), sc, size)
-    _label(d, "x", *_inside(apex, p0, p1, 0.12 * size), sc, size)
-    text = f"In the triangle, two angles measure {a}° and {b}°. Find the third angle x in degrees."
-    return _maybe_mc(rng, img, text, c, [180 - c, a + b, 90 - c if c < 90 else c - 90, c + 10, c - 10], "°")
+def geo_quadrilateral(rng: np.random.Generator, size: int, values_in_text: bool) -> FigureProblem:
+    while True:
+        a, b, c = _ri(rng, 45, 99), _ri(rng, 45, 99), _ri(rng, 45, 99)
+        x = 360 - a - b - c
+        if 30 <= x <= 150:
+            break
+    fig = _Figure(size)
+    for cell, v in enumerate((a, b, c)):
+        fig.write(cell, str(v))
+    ox, oy = fig.origin(3)
+    h = fig.half
+    skew = (a - 72) / 27 * 0.2 * h  # the drawn shape leans with the first angle
+    fig.draw.polygon([(ox + 0.15 * h, oy + 0.85 * h), (ox + 0.85 * h, oy + 0.85 * h),
+                      (ox + 0.7 * h + skew, oy + 0.15 * h), (ox + 0.3 * h + skew, oy + 0.2 * h)], outline=INK)
+    stem = (f"Three angles of a quadrilateral measure {a}°, {b}° and {c}°. Find the fourth angle in degrees."
+            if values_in_text else
+            "The figure gives three angles of a quadrilateral. Find the fourth angle in degrees.")
+    return _problem(rng, "quadrilateral", fig, stem, x, f"{a} , {b} , {c}", f"x = 360 - {a} - {b} - {c}",
+                    ("quadrilateral", a, b, c), mc=[180 - x, x + 10, x - 10, 360 - x, a + b + c - 180], unit="°")
 
 
-def geo_isosceles(rng: np.random.Generator, size: int) -> Problem:
-    apex_angle = _ri(rng, 25, 60) * 2  # even: integer base angles; wide enough to label
-    base_angle = (180 - apex_angle) // 2
-    img, d = _canvas(size)
-    sc = max(1, size // 64)
-    p0, p1, apex = _draw_triangle(d, size, base_angle, base_angle)
-    _label(d, f"{apex_angle}", *_inside(apex, p0, p1, 0.14 * size), sc, size)
-    _label(d, "x", *_inside(p0, p1, apex, 0.15 * size), sc, size)
-    text = (f"The triangle is isosceles and its apex angle is {apex_angle}°. "
-            "Find each base angle x in degrees.")
-    return _maybe_mc(rng, img, text, base_angle,
-                     [180 - apex_angle, apex_angle, 90 - apex_angle // 2 + 10, base_angle - 10], "°")
-
-
-# Sectors at an intersection of a horizontal line with a transversal rising at angle t: the measure of
-# each sector and the direction (degrees) of its bisector.
-def _sectors(t: int) -> dict[str, tuple[int, float]]:
-    return {
-        "above right": (t, t / 2),
-        "above left": (180 - t, (t + 180) / 2),
-        "below left": (t, 180 + t / 2),
-        "below right": (180 - t, (t + 180) / 2 + 180),
-    }
-
-
-def geo_parallel(rng: np.random.Generator, size: int) -> Problem:
-    t = _ri(rng, 7, 15) * 5  # 35..75: the transversal's angle with the parallel lines
-    img, d = _canvas(size)
-    s, sc = size, max(1, size // 64)
-    y_top, y_bot = 0.3 * s, 0.72 * s
-    d.line([(0.04 * s, y_top), (0.96 * s, y_top)], fill=INK, width=sc)
-    d.line([(0.04 * s, y_bot), (0.96 * s, y_bot)], fill=INK, width=sc)
-    # the transversal crosses both lines; run it from below the bottom line to above the top one
-    dx = (y_bot - y_top) / math.tan(math.radians(t))
-    top = (0.5 * s + dx / 2, y_top)
-    bot = (0.5 * s - dx / 2, y_bot)
-    reach = 0.12 * s
-    d.line([_polar(*bot, reach / math.sin(math.radians(t)), 180 + t),
-            _polar(*top, reach / math.sin(math.radians(t)), t)], fill=INK, width=sc)
-    sectors = _sectors(t)
-    where = str(rng.choice(list(sectors)))
-    x, direction = sectors[where]
-    _label(d, f"{t}", *_polar(*top, 0.15 * s, sectors["above right"][1]), sc, s)
-    _label(d, "x", *_polar(*bot, 0.13 * s, direction), sc, s)
-    text = ("The two horizontal lines are parallel and are cut by a transversal. The marked angle at the "
-            f"upper intersection is {t}°. What is the measure of angle x in degrees?")
-    return _maybe_mc(rng, img, text, x, [180 - x, 90 - t, x + 10, 2 * t], "°")
-
-
-GEO_KINDS = (geo_straight_line, geo_triangle_sum, geo_isosceles, geo_parallel)
+GEO_KINDS = (geo_triangle, geo_straight_line, geo_quadrilateral)
 
 
 # ----------------------------------------------------------------------------------------------------
 # perception + reasoning (VerMulti-PerceReason)
 
-
-def _shape_grid(rng: np.random.Generator, size: int, n: int) -> tuple[Image.Image, list[tuple[str, str]]]:
-    """n shapes in distinct cells of a 4x4 grid; returns the image and (colour, shape) per object."""
-    img, d = _canvas(size)
-    cell = size // 4
-    obj = max(4, round(cell * 0.7))
-    objects = []
-    for k in sorted(rng.choice(16, size=n, replace=False).tolist()):
-        colour, shape = str(rng.choice(COLOURS)), str(rng.choice(SHAPES))
-        x0 = (k % 4) * cell + (cell - obj) // 2
-        y0 = (k // 4) * cell + (cell - obj) // 2
-        draw_shape(d, shape, x0, y0, obj, COLOUR_RGB[colour])
-        objects.append((colour, shape))
-    return img, objects
-
-
 PLURAL = {"circle": "circles", "square": "squares", "triangle": "triangles", "cross": "crosses"}
+# Every (colour, shape) pair, in a fixed order: the cells of a counting figure hold distinct pairs.
+_PAIRS = [(c, s) for c in COLOURS for s in SHAPES]
 
 
-def perce_count(rng: np.random.Generator, size: int) -> Problem:
-    img, objects = _shape_grid(rng, size, _ri(rng, 3, 10))
-    shapes = Counter(s for _, s in objects)
-    colours = Counter(c for c, _ in objects)
-    kind = int(rng.integers(3))
-    if kind == 0:
-        shape = str(rng.choice(sorted(shapes)))
-        n = shapes[shape]
-        text = f"How many {PLURAL[shape]} are there in the image?"
-        return _maybe_mc(rng, img, text, n, [n + 1, n + 2, n - 1, len(objects)], "")
-    if kind == 1:
-        colour = str(rng.choice(sorted(colours)))
-        price = _ri(rng, 2, 9)
-        val = colours[colour] * price
-        text = f"Each {colour} shape costs {price} dollars. How much do all the {colour} shapes in the image cost?"
-        return _maybe_mc(rng, img, text, val, [val + price, val - price, len(objects) * price, price], "")
-    s1, s2 = (str(v) for v in rng.choice(SHAPES, size=2, replace=False))
-    if shapes[s1] < shapes[s2]:
-        s1, s2 = s2, s1
-    val = shapes[s1] - shapes[s2]
-    text = f"How many more {PLURAL[s1]} than {PLURAL[s2]} are there in the image?"
-    return _maybe_mc(rng, img, text, val, [shapes[s1] + shapes[s2], val + 1, shapes[s1], val + 2], "")
+def _shape_groups(rng: np.random.Generator, cells: int, lo: int) -> list[tuple[str, str, int]]:
+    """(colour, shape, count 1-4) for `cells` cells (at least `lo` non-empty; empty cells have count 0)."""
+    picks = rng.choice(len(_PAIRS), size=cells, replace=False)
+    counts = [_ri(rng, 0, 4) for _ in range(cells)]
+    while sum(c > 0 for c in counts) < lo:
+        counts = [_ri(rng, 0, 4) for _ in range(cells)]
+    return [(*_PAIRS[int(p)], n) for p, n in zip(picks, counts, strict=True)]
 
 
-def perce_read_expression(rng: np.random.Generator, size: int) -> Problem:
-    a, b = _ri(rng, 2, 49), _ri(rng, 2, 49)
+def _group_reading(groups: list[tuple[str, str, int]]) -> str:
+    return " , ".join(f"{n} {colour} {PLURAL[shape] if n > 1 else shape}" for colour, shape, n in groups if n)
+
+
+def perce_count(rng: np.random.Generator, size: int, values_in_text: bool) -> FigureProblem:
+    groups = _shape_groups(rng, 4, lo=2)
+    fig = _Figure(size)
+    for cell, (colour, shape, n) in enumerate(groups):
+        fig.shapes(cell, colour, shape, n)
+    present = [(c, s, n) for c, s, n in groups if n]
+    reading = _group_reading(groups)
+    key = ("count", *groups)
+    said = f" The figure shows {reading}." if values_in_text else ""
+    question = int(rng.integers(3))
+    if question == 0:
+        shape = str(rng.choice(sorted({s for _, s, _ in present})))
+        n = sum(k for _, s, k in present if s == shape)
+        terms = " + ".join(str(k) for _, s, k in present if s == shape)
+        return _problem(rng, "count_shape", fig, f"How many {PLURAL[shape]} are there in the figure?{said}", n,
+                        reading, f"{PLURAL[shape]}: {terms}", (*key, shape), mc=[n + 1, n + 2, n - 1, n + 3])
+    if question == 1:
+        colour = str(rng.choice(sorted({c for c, _, _ in present})))
+        n = sum(k for c, _, k in present if c == colour)
+        terms = " + ".join(str(k) for c, _, k in present if c == colour)
+        return _problem(rng, "count_colour", fig, f"How many {colour} shapes are there in the figure?{said}", n,
+                        reading, f"{colour}: {terms}", (*key, colour), mc=[n + 1, n + 2, n - 1, n + 3])
+    (c1, s1, n1), (c2, s2, n2) = sorted(present, key=lambda g: -g[2])[:2]
+    if n1 == n2:  # "how many more" needs a strict difference: ask for the total instead
+        total = sum(k for _, _, k in present)
+        return _problem(rng, "count_total", fig, f"How many shapes are there in the figure?{said}", total, reading,
+                        "total: " + " + ".join(str(k) for _, _, k in present), (*key, "total"),
+                        mc=[total + 1, total - 1, total + 2, total - 2])
+    stem = f"How many more {c1} {PLURAL[s1]} than {c2} {PLURAL[s2]} are there in the figure?{said}"
+    return _problem(rng, "count_difference", fig, stem, n1 - n2, reading, f"{n1} - {n2}", (*key, "difference"),
+                    mc=[n1 + n2, n1 - n2 + 1, n1, n1 - n2 + 2])
+
+
+def perce_price(rng: np.random.Generator, size: int, values_in_text: bool) -> FigureProblem:
+    price = _ri(rng, 2, 30)
+    groups = _shape_groups(rng, 3, lo=1)
+    fig = _Figure(size)
+    fig.write(0, str(price))
+    for cell, (colour, shape, n) in enumerate(groups, start=1):
+        fig.shapes(cell, colour, shape, n)
+    count = sum(n for *_, n in groups)
+    reading = f"{price} , {_group_reading(groups)}"
+    stem = ("Every shape in the figure costs the price written in it. How much do all the shapes cost?"
+            + (f" The price is {price} and the figure shows {_group_reading(groups)}." if values_in_text else ""))
+    plan = f"{price} * (" + " + ".join(str(n) for *_, n in groups if n) + ")"
+    return _problem(rng, "price", fig, stem, price * count, reading, plan, ("price", price, *groups),
+                    mc=[price * (count + 1), price * (count - 1), price + count, price * (count + 2)])
+
+
+def perce_expression(rng: np.random.Generator, size: int, values_in_text: bool) -> FigureProblem:
+    a, b = _ri(rng, 10, 99), _ri(rng, 10, 99)
     op = str(rng.choice(["+", "-"]))
     if op == "-" and b > a:
         a, b = b, a
     val = a + b if op == "+" else a - b
-    img, d = _canvas(size)
-    sc = max(1, size // 32)
-    _label(d, f"{a}{op}{b}", size / 2, size / 2, sc, size)
-    text = "What is the value of the expression written in the image?"
-    return _maybe_mc(rng, img, text, val, [a - b if op == "+" else a + b, val + 10, val - 1, val + 1], "")
+    fig = _Figure(size)
+    fig.write(0, str(a))
+    fig.write(1, op)
+    fig.write(2, str(b))
+    fig.write(3, "=")
+    stem = (f"What is the value of the expression {a} {op} {b} written in the figure?" if values_in_text
+            else "What is the value of the expression written in the figure?")
+    return _problem(rng, "expression", fig, stem, val, f"{a} {op} {b}", f"{a} {op} {b}", ("expression", a, op, b),
+                    mc=[a - b if op == "+" else a + b, val + 10, val - 1, val + 1])
 
 
-PERCE_KINDS = (perce_count, perce_count, perce_read_expression)
+PERCE_KINDS = (perce_count, perce_price, perce_expression)
 
 
 # ----------------------------------------------------------------------------------------------------
 # MultiMath-style
 
 
-def mm_rectangle(rng: np.random.Generator, size: int) -> Problem:
-    w, h = _ri(rng, 3, 15), _ri(rng, 2, 12)
-    img, d = _canvas(size)
-    s, sc = size, max(1, size // 64)
-    # drawn proportions follow the side lengths (roughly), inside a 0.15..0.85 box
-    k = 0.62 * s / max(w, h)
-    x0, y0 = (s - w * k) / 2, (s - h * k) / 2
-    d.rectangle((x0, y0, x0 + w * k, y0 + h * k), outline=INK, width=sc)
-    _label(d, str(w), s / 2, y0 + h * k + 0.08 * s, sc, s)
-    _label(d, str(h), x0 - 0.08 * s, s / 2, sc, s)
-    text = "The side lengths of the rectangle are shown in the figure. What is its {}?"
-    if rng.random() < 0.5:
-        return img, text.format("area"), str(w * h), None
-    return img, text.format("perimeter"), str(2 * (w + h)), None
+def mm_rectangle(rng: np.random.Generator, size: int, values_in_text: bool) -> FigureProblem:
+    w, h = _ri(rng, 2, 60), _ri(rng, 2, 60)
+    fig = _Figure(size)
+    fig.write(0, str(w))
+    fig.write(1, str(h))
+    x0, y0, x1, y1 = fig.bottom_box()
+    k = min((x1 - x0) / w, (y1 - y0) / h)  # drawn in proportion
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    fig.draw.rectangle((cx - w * k / 2, cy - h * k / 2, cx + w * k / 2, cy + h * k / 2), outline=INK)
+    area = rng.random() < 0.5
+    what = "area" if area else "perimeter"
+    stem = (f"A rectangle is {w} wide and {h} high. What is its {what}?" if values_in_text else
+            f"The figure gives the width (left) and the height (right) of a rectangle. What is its {what}?")
+    value, plan = (w * h, f"{w} * {h}") if area else (2 * (w + h), f"2 * ({w} + {h})")
+    return _problem(rng, what, fig, stem, value, f"{w} , {h}", plan, (what, w, h))
 
 
-def mm_shaded_fraction(rng: np.random.Generator, size: int) -> Problem:
-    cols, rows = int(rng.choice([2, 3, 4])), int(rng.choice([2, 4]))
+def mm_shaded_fraction(rng: np.random.Generator, size: int, values_in_text: bool) -> FigureProblem:
+    cols, rows = int(rng.choice([2, 3, 4])), int(rng.choice([2, 3, 4]))
     n = cols * rows
     k = _ri(rng, 1, n - 1)
-    img, d = _canvas(size)
-    cell = (size * 0.8) / max(cols, rows)
-    x0, y0 = (size - cols * cell) / 2, (size - rows * cell) / 2
-    shaded = set(rng.choice(n, size=k, replace=False).tolist())
+    shaded = tuple(sorted(int(i) for i in rng.choice(n, size=k, replace=False)))
+    fig = _Figure(size)
+    cell = (size - 2) // max(cols, rows)
+    x0, y0 = (size - cols * cell) // 2, (size - rows * cell) // 2
     for i in range(n):
         cx, cy = x0 + (i % cols) * cell, y0 + (i // cols) * cell
-        d.rectangle((cx, cy, cx + cell, cy + cell), outline=INK,
-                    fill=COLOUR_RGB["blue"] if i in shaded else WHITE)
-    text = "What fraction of the grid is shaded? Give the answer as a fraction in lowest terms."
-    return img, text, latex(Fraction(k, n)), None
+        fig.draw.rectangle((cx, cy, cx + cell, cy + cell), outline=INK,
+                           fill=COLOUR_RGB["blue"] if i in shaded else WHITE)
+    stem = "What fraction of the grid is shaded? Give the answer as a fraction in lowest terms."
+    if values_in_text:
+        stem = f"{k} of the {n} cells of the grid are shaded. " + stem
+    return _problem(rng, "fraction", fig, stem, latex(Fraction(k, n)), f"{k} of {n}", f"{k} / {n}",
+                    ("fraction", cols, rows, shaded))
 
 
-def mm_product(rng: np.random.Generator, size: int) -> Problem:
-    a, b = _ri(rng, 2, 12), _ri(rng, 2, 12)
-    img, d = _canvas(size)
-    _label(d, f"{a}x{b}", size / 2, size / 2, max(1, size // 32), size)
-    return img, "Compute the product shown in the image.", str(a * b), None
+def mm_product(rng: np.random.Generator, size: int, values_in_text: bool) -> FigureProblem:
+    a, b = _ri(rng, 2, 60), _ri(rng, 2, 60)
+    fig = _Figure(size)
+    fig.write(0, str(a))
+    fig.write(1, "x")
+    fig.write(2, str(b))
+    fig.write(3, "=")
+    stem = f"Compute the product {a} x {b} shown in the figure." if values_in_text else \
+        "Compute the product shown in the figure."
+    return _problem(rng, "product", fig, stem, a * b, f"{a} x {b}", f"{a} * {b}", ("product", a, b))
 
 
 MULTIMATH_KINDS = (mm_rectangle, mm_shaded_fraction, mm_product)
 SUBSET_KINDS = {"multimath": MULTIMATH_KINDS, "geo": GEO_KINDS, "perce_reason": PERCE_KINDS}
+
+
+def draw_problem(subset: str, rng: np.random.Generator, size: int = 32, *, values_in_text: bool = False,
+                 kind_index: int | None = None) -> FigureProblem:
+    """One item of `subset`: of kind `kind_index` (cycled) or a random kind."""
+    kinds = SUBSET_KINDS[subset]
+    index = int(rng.integers(len(kinds))) if kind_index is None else kind_index % len(kinds)
+    return kinds[index](rng, size, values_in_text)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -324,15 +381,14 @@ def chat_message(image_path: str, text: str) -> str:
     return json.dumps([turn], ensure_ascii=False, sort_keys=True)
 
 
-def make_row(problem: Problem, item_id: str, image_path: str) -> dict:
-    _, text, answer, options = problem
-    if options is not None:
-        text = text + "\nChoices:\n" + "\n".join(f"{LETTERS[i]}: {o}" for i, o in enumerate(options))
-    return {"id": item_id, "message": chat_message(image_path, text), "answer": f"$\\boxed{{{answer}}}$"}
+def make_row(problem: FigureProblem, item_id: str, image_path: str) -> dict:
+    return {"id": item_id, "message": chat_message(image_path, problem.question),
+            "answer": f"$\\boxed{{{problem.answer}}}$"}
 
 
 def subset_plan(cfg: MultimodalMathGenConfig) -> list[tuple[str, str, str, int]]:
-    """(family, subset, split, count) for every multimodal file."""
+    """(family, subset, split, count) for every multimodal file, train first (held-out splits are drawn
+    disjoint from it)."""
     return [
         ("multimath", "multimath", "train", cfg.multimath_train),
         ("multimath", "multimath", "test", cfg.multimath_test),
@@ -343,22 +399,60 @@ def subset_plan(cfg: MultimodalMathGenConfig) -> list[tuple[str, str, str, int]]
     ]
 
 
+class HeldOut:
+    """What a held-out item must not repeat: train keys and the answers train gives each question text."""
+
+    def __init__(self) -> None:
+        self.keys: set[tuple[Hashable, ...]] = set()
+        self.text_answers: dict[str, set[str]] = {}
+
+    def add(self, problem: FigureProblem) -> None:
+        self.keys.add(problem.key)
+        self.text_answers.setdefault(problem.question, set()).add(problem.answer)
+
+    def repeats(self, problem: FigureProblem) -> bool:
+        return problem.key in self.keys or self.text_answers.get(problem.question) == {problem.answer}
+
+
+def draw_split(subset: str, n: int, rng: np.random.Generator, size: int, values_in_text_share: float,
+               avoid: HeldOut | None = None) -> list[FigureProblem]:
+    """`n` items of `subset`, kinds in turn, no key twice; none that repeats `avoid` (train) when given."""
+    problems: list[FigureProblem] = []
+    seen: set[tuple[Hashable, ...]] = set()
+    for i in range(n):
+        for _ in range(MAX_DRAWS):
+            p = draw_problem(subset, rng, size, values_in_text=bool(rng.random() < values_in_text_share),
+                             kind_index=i)
+            if p.key not in seen and not (avoid is not None and avoid.repeats(p)):
+                break
+        else:
+            raise ValueError(f"generate.multimodal: {subset} has too few distinct items for {n} per split")
+        seen.add(p.key)
+        problems.append(p)
+    return problems
+
+
 def generate_multimodal(cfg: MultimodalMathGenConfig, seed: int, out: Path,
                         progress: Callable[[int], None] = lambda n: None, *,
                         test_seed: int | None = None) -> dict[str, dict[str, int]]:
     """Write the three subsets; returns {"multimath": {"train": n, ...}, "vermulti_geo": ..., ...}."""
     counts: dict[str, dict[str, int]] = {}
+    train: dict[str, HeldOut] = {}
     for family, subset, split, n in subset_plan(cfg):
         rng = np.random.default_rng([split_seed(seed, test_seed, split), FAMILY_OFFSET, SUBSET_OFFSETS[subset],
                                      layout.JSONL_SPLITS.index(split)])
         fam_dir = layout.multimodal_dir(family, None if family == "multimath" else subset)
-        kinds = SUBSET_KINDS[subset]
+        problems = draw_split(subset, n, rng, cfg.image_size, cfg.values_in_text_share,
+                              avoid=None if split == "train" else train.get(subset, HeldOut()))
+        if split == "train":
+            train[subset] = HeldOut()
+            for p in problems:
+                train[subset].add(p)
         rows = []
-        for i in range(n):
-            problem = kinds[i % len(kinds)](rng, cfg.image_size)
+        for i, problem in enumerate(problems):
             item_id = f"{subset}-{split}-{i:05d}"
             image_path = layout.image_file(fam_dir, split, item_id)
-            save_png(out / image_path, problem[0])
+            save_png(out / image_path, problem.image)
             rows.append(make_row(problem, item_id, image_path))
             progress(1)
         key = "multimath" if family == "multimath" else f"vermulti_{subset}"

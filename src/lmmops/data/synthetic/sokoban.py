@@ -15,7 +15,8 @@
 Row: {"id", "grid": [XSB rows], "height", "width", "num_boxes", "solution": ["up", ...], "image":
 <PNG path relative to the data directory>, "message": <JSON string of a chat with the image and the
 instructions, as the multimodal rows>}. LMM-R1's Sokoban rows carry the level state next to the prompt;
-this layout is ours (there is no single public file format for it).
+this layout is ours (there is no single public file format for it). The board is in the image; the prompt
+text also gives it as XSB for a `cfg.board_in_text_share` of the levels (0 by default: the model must read it).
 """
 
 from __future__ import annotations
@@ -204,15 +205,17 @@ def render(level: Level, cell: int = 16) -> Image.Image:
 
 INSTRUCTIONS = (
     "You are playing Sokoban. The image shows the level: brown walls, orange boxes, red targets, green "
-    "boxes already on a target and the blue player. The same level in XSB text (# wall, $ box, . target, "
-    "* box on target, @ player, + player on target):\n{grid}\n"
+    "boxes already on a target and the blue player.{board}\n"
     "Push every box onto a target. Answer with your moves as a comma-separated list of up, down, left "
     "and right."
 )
+BOARD_TEXT = (" The same level in XSB text (# wall, $ box, . target, * box on target, @ player, + player on "
+              "target):\n{grid}")
 
 
-def sokoban_message(image_path: str, grid: list[str]) -> str:
-    text = INSTRUCTIONS.format(grid="\n".join(grid))
+def sokoban_message(image_path: str, grid: list[str], *, board_in_text: bool = False) -> str:
+    """The chat `message`; the board is in the image, and also in the text when `board_in_text`."""
+    text = INSTRUCTIONS.format(board=BOARD_TEXT.format(grid="\n".join(grid)) if board_in_text else "")
     turn = {"role": "user", "content": [{"type": "image", "image": image_path}, {"type": "text", "text": text}]}
     return json.dumps([turn], ensure_ascii=False, sort_keys=True)
 
@@ -230,6 +233,7 @@ def generate_sokoban(cfg: SokobanGenConfig, seed: int, out: Path,
             size = int(rng.choice(cfg.sizes))
             num_boxes = int(rng.choice(cfg.num_boxes))
             level_seed = int(rng.integers(2**31))
+            board_in_text = bool(rng.random() < cfg.board_in_text_share)
             level, solution = generate_level(size, num_boxes, level_seed, max_moves=cfg.max_solution_length)
             grid = level.rows()
             if tuple(grid) in seen:
@@ -246,7 +250,7 @@ def generate_sokoban(cfg: SokobanGenConfig, seed: int, out: Path,
                 "num_boxes": len(level.boxes),
                 "solution": list(solution),
                 "image": image_path,
-                "message": sokoban_message(image_path, grid),
+                "message": sokoban_message(image_path, grid, board_in_text=board_in_text),
             })
             progress(1)
         counts[split] = write_jsonl(out / layout.jsonl_file(layout.SOKOBAN_DIR, split), rows)

@@ -1,8 +1,9 @@
 """Pre-tokenised training rows of the bootstrap trainer and the batches drawn from them.
 
-`encode` tokenises every VQA item and preprocesses every image once; `interleaved_row` (ICL episodes, packed
-VQA and describe questions), `reasoning_row` (packed reasoning examples) and `drill_row` (arithmetic
-equations) build rows from those ids without the processor; `sample_batch` draws one step's rows by the
+`encode` tokenises every VQA item and preprocesses every image once (data files and generated figures);
+`interleaved_row` (ICL episodes, packed VQA and describe questions), `reasoning_row` (packed reasoning examples:
+text, multimodal, or figure readings) and `drill_row` (arithmetic equations) build rows from those ids without
+the processor; `sample_batch` draws one step's rows by the
 shares of the config; `sub_batches` and `collate` turn them into padded tensors. The ids are the ones the
 shared prompt template gives (`lmmops.models.prompt`): `check_template` compares an episode with
 `LlavaAdapter.build_prompts` at the start of training.
@@ -24,7 +25,8 @@ from transformers import LlavaForConditionalGeneration, LlavaProcessor
 from lmmops.config import BootstrapConfig
 from lmmops.data.schemas import VQAItem
 from lmmops.models.adapters import _answer_token_ids, adapter_for
-from lmmops.models.bootstrap.corpus import Corpora, multimodal_completion, open_image, reasoning_prompt
+from lmmops.models.bootstrap.corpus import Corpora, open_image, reasoning_prompt
+from lmmops.models.bootstrap.figures import reading_completion, reading_prompt, reasoning_completion
 from lmmops.models.prompt import SEPARATOR, ICLItem, item_text
 
 
@@ -33,7 +35,7 @@ class Row:
     ids: list[int]
     labels: list[bool]  # True where the loss applies
     images: list[int]  # indices into the pixel table, in order of the image tokens
-    group: str  # "icl" | "vqa" | "describe" | "reasoning" | "mm_reasoning" | "arithmetic"
+    group: str  # "icl" | "vqa" | "describe" | "reasoning" | "mm_reasoning" | "perception" | "arithmetic"
     long: bool = False  # a long ICL episode: forwarded in a sub-batch of its own (see `sub_batches`)
 
 
@@ -42,7 +44,7 @@ class Encoded:
     """Token ids and pixel tensors of every training item, computed once."""
 
     pixels: torch.Tensor  # (n_images, 3, 32, 32)
-    image_index: dict[Path, int]
+    image_index: dict[Path | str, int]  # a data file's path, or "figure:<pool>:<i>" for a generated figure
     item_ids: dict[int, tuple[list[int], int]]  # VQA question_id -> (text ids, answer length)
     bos: int
     eos: int
@@ -53,8 +55,11 @@ class Encoded:
 def encode(corpora: Corpora, processor: LlavaProcessor, image_seq_length: int) -> Encoded:
     tok = processor.tokenizer
     vqa_items = corpora.vqa + corpora.describe + [it for items in corpora.icl.values() for it in items]
-    paths = sorted({it.image_path for it in vqa_items} | {r.images[0] for r in corpora.multimodal})
-    pixels = processor.image_processor([open_image(p) for p in paths], return_tensors="pt")["pixel_values"]
+    paths = sorted({it.image_path for it in vqa_items})
+    figures = [(f"figure:{pool}:{i}", fig.problem.image) for pool in ("perception", "reasoning")
+               for i, fig in enumerate(getattr(corpora.figures, pool))]
+    images = [open_image(p) for p in paths] + [image for _, image in figures]
+    pixels = processor.image_processor(images, return_tensors="pt")["pixel_values"]
     item_ids = {}
     for it in vqa_items:
         icl_item = ICLItem(None, it.question, it.multiple_choice_answer)
@@ -62,7 +67,7 @@ def encode(corpora: Corpora, processor: LlavaProcessor, image_seq_length: int) -
         item_ids[it.question_id] = (ids, len(_answer_token_ids(tok, icl_item)))
     return Encoded(
         pixels=pixels,
-        image_index={p: i for i, p in enumerate(paths)},
+        image_index={p: i for i, p in enumerate([*paths, *(key for key, _ in figures)])},
         item_ids=item_ids,
         bos=tok.bos_token_id,
         eos=tok.eos_token_id,
@@ -91,7 +96,7 @@ def interleaved_row(enc: Encoded, items: Sequence[VQAItem], group: str) -> Row:
     return row
 
 
-def reasoning_row(enc: Encoded, tok: Any, examples: Sequence[tuple[str, str, Path | None]], group: str) -> Row:
+def reasoning_row(enc: Encoded, tok: Any, examples: Sequence[tuple[str, str, Path | str | None]], group: str) -> Row:
     """One or more (prompt, completion, image) examples packed into one row, each as BOS, prompt (image
     tokens first when there is an image), then completion + EOS under the loss.
 
@@ -135,7 +140,7 @@ def sample_batch(rng: np.random.Generator, corpora: Corpora, enc: Encoded, tok: 
                          f"episodes, but icl_share gives only {n_icl} rows of a batch of batch_size "
                          f"{cfg.batch_size}")
     n_vqa = round(cfg.batch_size * cfg.vqa_share) if corpora.vqa else 0
-    n_mm = round(cfg.batch_size * cfg.multimodal_reasoning_share) if corpora.multimodal else 0
+    n_mm = round(cfg.batch_size * cfg.multimodal_reasoning_share) if corpora.figures.reasoning else 0
     n_describe = round(cfg.batch_size * cfg.describe_share) if corpora.describe else 0
     n_drill = round(cfg.batch_size * cfg.arithmetic_drill_share) if corpora.drill else 0
     n_text = cfg.batch_size - n_icl - n_vqa - n_mm - n_describe - n_drill
@@ -160,10 +165,11 @@ def sample_batch(rng: np.random.Generator, corpora: Corpora, enc: Encoded, tok: 
         picks = rng.choice(len(corpora.describe), size=min(cfg.vqa_pack, len(corpora.describe)), replace=False)
         rows.append(interleaved_row(enc, [corpora.describe[i] for i in picks], "describe"))
     for _ in range(n_mm):
-        picks = rng.integers(len(corpora.multimodal), size=cfg.reasoning_pack)
-        rows.append(reasoning_row(enc, tok, [(reasoning_prompt(r.question, with_image=True), multimodal_completion(r),
-                                              r.images[0]) for r in (corpora.multimodal[int(i)] for i in picks)],
-                                  "mm_reasoning"))
+        picks = rng.integers(len(corpora.figures.reasoning), size=cfg.multimodal_pack)
+        rows.append(reasoning_row(enc, tok, [
+            (reasoning_prompt(corpora.figures.reasoning[i].problem.question, with_image=True),
+             reasoning_completion(corpora.figures.reasoning[i].problem), f"figure:reasoning:{i}")
+            for i in map(int, picks)], "mm_reasoning"))
     for _ in range(n_drill):
         picks = rng.integers(len(corpora.drill), size=cfg.arithmetic_drill_pack)
         rows.append(drill_row(enc, tok, [corpora.drill[int(i)] for i in picks]))
@@ -171,6 +177,12 @@ def sample_batch(rng: np.random.Generator, corpora: Corpora, enc: Encoded, tok: 
         picks = rng.integers(len(corpora.math), size=cfg.reasoning_pack)
         rows.append(reasoning_row(enc, tok, [(reasoning_prompt(m.problem), m.solution or "", None)
                                              for m in (corpora.math[int(i)] for i in picks)], "reasoning"))
+    # Perception rows come on top of batch_size, after the rows above, so that those stay what they were.
+    perception = corpora.figures.perception
+    for _ in range(cfg.perception_rows if perception else 0):
+        picks = rng.choice(len(perception), size=min(cfg.perception_pack, len(perception)), replace=False)
+        rows.append(reasoning_row(enc, tok, [(reading_prompt(), reading_completion(perception[i].problem),
+                                              f"figure:perception:{i}") for i in map(int, picks)], "perception"))
     # Drawn last so that the ordinary rows are the same whether or not long episodes are configured.
     for _ in range(n_long):
         row = icl_episode(cfg.long_max_shots)

@@ -1,10 +1,10 @@
 """The training corpora of the bootstrap trainer: the data layer's train split, as the rows are drawn from it.
 
-`load_corpora` reads one split (ICL items by task, ordinary VQA, DeepScaler, MultiMath + VerMulti) and adds the
-"describe" rows (`describe_items`); the trainer adds generated DeepScaler rows (`extra_math_rows`) and the
-arithmetic drill equations (`drill_equations`), each from a random stream of its own. `corpus_texts` is every
-text trained on (the word-level vocabulary is built from it); `reasoning_prompt` is the prompt of record of a
-reasoning row, shared with `lmmops.evaluation.reasoning`.
+`load_corpora` reads one split (ICL items by task, ordinary VQA, DeepScaler) and adds the "describe" rows
+(`describe_items`); the trainer adds generated DeepScaler rows (`extra_math_rows`), the arithmetic drill equations
+(`drill_equations`) and the generated figures (`figures.figure_pools`), each from a random stream of its own.
+`corpus_texts` is every text trained on (the word-level vocabulary is built from it); `reasoning_prompt` is the
+prompt of record of a reasoning row, shared with `lmmops.evaluation.reasoning`.
 
 Run: `.venv/bin/python -m pytest tests/models/test_bootstrap.py -q`.
 """
@@ -24,22 +24,16 @@ import numpy as np
 from PIL import Image
 
 from lmmops.data.icl_tasks import ICL_VOCABULARY
-from lmmops.data.loaders import load_deepscaler, load_multimath, load_vermulti, load_vqa, load_vqa_scenes
-from lmmops.data.schemas import MathItem, MultimodalItem, VQAItem
+from lmmops.data.loaders import load_deepscaler, load_vqa, load_vqa_scenes
+from lmmops.data.schemas import MathItem, VQAItem
 from lmmops.data.synthetic.deepscaler import LEVELS, make_row
+from lmmops.models.bootstrap.figures import FigurePools, reading_completion, reading_prompt, reasoning_completion
 from lmmops.models.prompt import ICLItem, item_text
-
-# The multimodal rows have no worked solution; their trace only teaches the format with an image present.
-MULTIMODAL_THINK = "I read the figure and work out the answer."
 
 
 def reasoning_prompt(problem: str, *, with_image: bool = False) -> str:
     """The prompt of a reasoning row; the completion `<think>...</think><answer>...</answer>` follows directly."""
     return ("<image>" if with_image else "") + f"Question: {problem.strip()}\nAnswer:"
-
-
-def multimodal_completion(item: MultimodalItem) -> str:
-    return f"<think>{MULTIMODAL_THINK}</think><answer>{item.answer.strip()}</answer>"
 
 
 def open_image(path: Path) -> Image.Image:
@@ -54,7 +48,7 @@ class Corpora:
     icl: dict[str, list[VQAItem]]  # ICL task name -> items
     vqa: list[VQAItem]  # ordinary VQA questions
     math: list[MathItem]  # DeepScaler rows
-    multimodal: list[MultimodalItem]  # MultiMath + VerMulti rows
+    figures: FigurePools = field(default_factory=lambda: FigurePools([], []))  # generated figures
     describe: list[VQAItem] = field(default_factory=list)  # attribute questions on the ICL images
     drill: list[str] = field(default_factory=list)  # arithmetic equations of the generator's traces
 
@@ -87,9 +81,6 @@ def load_corpora(data_dir: Path, split: str) -> Corpora:
     for item in vqa:
         if item.is_icl:
             icl[item.question_type].append(item)
-    multimodal = load_multimath(data_dir, split)
-    for subset in ("geo", "perce_reason"):
-        multimodal += load_vermulti(data_dir, subset, split)
     try:
         scenes = load_vqa_scenes(data_dir, split)
     except (OSError, ValueError):  # real VQA data has no scene sidecar: no describe rows
@@ -98,7 +89,6 @@ def load_corpora(data_dir: Path, split: str) -> Corpora:
         icl=dict(sorted(icl.items())),
         vqa=[it for it in vqa if not it.is_icl],
         math=load_deepscaler(data_dir, split),
-        multimodal=multimodal,
         describe=describe_items(icl, scenes),
     )
 
@@ -150,6 +140,8 @@ def corpus_texts(corpora: Corpora) -> list[str]:
     texts = [item_text(ICLItem(None, it.question, it.multiple_choice_answer), with_answer=True)
              for items in [corpora.vqa, corpora.describe, *corpora.icl.values()] for it in items]
     texts += [reasoning_prompt(r.problem) + (r.solution or "") for r in corpora.math]
-    texts += [reasoning_prompt(r.question) + multimodal_completion(r) for r in corpora.multimodal]
+    figures = corpora.figures
+    texts += [reading_prompt().removeprefix("<image>") + reading_completion(f.problem) for f in figures.perception]
+    texts += [reasoning_prompt(f.problem.question) + reasoning_completion(f.problem) for f in figures.reasoning]
     texts += list(ICL_VOCABULARY)
     return texts

@@ -29,7 +29,8 @@ from lmmops.config import BootstrapConfig, to_dict
 from lmmops.data.loaders import load_deepscaler
 from lmmops.models.bootstrap.batches import check_template, collate, encode, sample_batch, sub_batches
 from lmmops.models.bootstrap.corpus import corpus_texts, drill_equations, extra_math_rows, load_corpora
-from lmmops.models.bootstrap.model import build_model, build_processor, image_stats
+from lmmops.models.bootstrap.figures import FigurePools, figure_pools
+from lmmops.models.bootstrap.model import IMAGE_SIZE, build_model, build_processor, image_stats
 
 # Keys of BootstrapConfig that do not change what is trained (left out of the checkpoint hash).
 _BOOKKEEPING = {"out_dir", "checkpoint_dir", "registered_name", "checkpoint_every", "log_every", "threads"}
@@ -45,6 +46,7 @@ class TrainResult:
     resumed_from: int
     checkpoint: Path | None = None
     data_sizes: dict[str, int] = field(default_factory=dict)
+    figures: FigurePools = field(default_factory=lambda: FigurePools([], []))  # the generated figures trained on
 
 
 def checkpoint_key(cfg: BootstrapConfig, data_dir: Path) -> str:
@@ -161,6 +163,7 @@ def train(
                                                       cfg.extra_reasoning_levels)
     if cfg.arithmetic_drill_share > 0:
         corpora.drill = drill_equations(20_000, cfg.seed, cfg.arithmetic_drill_levels)
+    corpora.figures = figure_pools(cfg, data_dir, IMAGE_SIZE)
     train_images = sorted({it.image_path for items in [corpora.vqa, *corpora.icl.values()] for it in items})
     processor = build_processor(corpus_texts(corpora), *image_stats(train_images))
     model = build_model(cfg, processor)
@@ -232,5 +235,7 @@ def train(
         checkpoint=ckpt,
         data_sizes={"icl_items": sum(map(len, corpora.icl.values())), "vqa_items": len(corpora.vqa),
                     "describe_items": len(corpora.describe), "math_rows": len(corpora.math),
-                    "multimodal_rows": len(corpora.multimodal)},
+                    "perception_figures": len(corpora.figures.perception),
+                    "multimodal_examples": len(corpora.figures.reasoning)},
+        figures=corpora.figures,
     )
