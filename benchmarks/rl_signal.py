@@ -44,8 +44,9 @@ def item_sets(domain: str, seed: int, n_train: int, n_eval: int, avoid: HeldOut,
     rng = np.random.default_rng([seed, 7_001])
     train = [p for p in draw_split(domain, n_train + n_train // 4, rng, IMAGE_SIZE, 0.0, avoid=avoid)
              if image_digest(p.image) not in digests][:n_train]
-    held = HeldOut()
-    held.keys, held.text_answers = set(avoid.keys), dict(avoid.text_answers)
+    held = HeldOut()  # what `avoid` holds plus the train items (a copy: `avoid` serves every seed)
+    held.keys = set(avoid.keys)
+    held.text_answers = {text: set(answers) for text, answers in avoid.text_answers.items()}
     for p in train:
         held.add(p)
     fresh = [p for p in draw_split(domain, n_eval + n_eval // 4, rng, IMAGE_SIZE, 0.0, avoid=held)

@@ -152,14 +152,20 @@ def _problem(rng: np.random.Generator, kind: str, fig: _Figure, stem: str, value
 # geometry (VerMulti-Geo)
 
 
-def geo_triangle(rng: np.random.Generator, size: int, values_in_text: bool) -> FigureProblem:
+def _two_angles(rng: np.random.Generator, size: int, max_sum: int) -> tuple[int, int, _Figure]:
+    """Two angles of 10-99 degrees summing to at most `max_sum`, written in the top cells of a new figure."""
     a, b = _ri(rng, 10, 99), _ri(rng, 10, 99)
-    while a + b > 170:
+    while a + b > max_sum:
         a, b = _ri(rng, 10, 99), _ri(rng, 10, 99)
-    x = 180 - a - b
     fig = _Figure(size)
     fig.write(0, str(a))
     fig.write(1, str(b))
+    return a, b, fig
+
+
+def geo_triangle(rng: np.random.Generator, size: int, values_in_text: bool) -> FigureProblem:
+    a, b, fig = _two_angles(rng, size, max_sum=170)
+    x = 180 - a - b
     x0, y0, x1, y1 = fig.bottom_box()
     ta, tb = math.tan(math.radians(a)), math.tan(math.radians(b))
     apex = tb / (ta + tb)  # on a base from 0 to 1, where sides rising at a (left) and b (right) meet
@@ -173,13 +179,8 @@ def geo_triangle(rng: np.random.Generator, size: int, values_in_text: bool) -> F
 
 
 def geo_straight_line(rng: np.random.Generator, size: int, values_in_text: bool) -> FigureProblem:
-    a, b = _ri(rng, 10, 99), _ri(rng, 10, 99)
-    while a + b > 165:
-        a, b = _ri(rng, 10, 99), _ri(rng, 10, 99)
+    a, b, fig = _two_angles(rng, size, max_sum=165)
     x = 180 - a - b
-    fig = _Figure(size)
-    fig.write(0, str(a))
-    fig.write(1, str(b))
     x0, y0, x1, y1 = fig.bottom_box()
     cx, r = (x0 + x1) / 2, y1 - y0
     fig.draw.line([(x0, y1), (x1, y1)], fill=INK, width=fig.line_width)
