@@ -1,7 +1,8 @@
 """Stage implementations of the data layer: `generate` and `validate` (glue: library -> DVC/MLflow).
 
     lmmops generate     write the synthetic datasets into data/ and `dvc add data` (updates data.dvc)
-    lmmops validate     Great Expectations suites over every family; non-zero exit with a report
+    lmmops validate     check that data/ is the version data.dvc records, then Great Expectations suites over
+                        every family; non-zero exit with a report (dvc.yaml runs it on every `dvc repro`)
 
 The generators and suites live in `lmmops.data`; this module only records their results: the data
 version (DVC md5) as a run tag, the per-family tables as MLflow dataset inputs, the reports as
@@ -21,7 +22,7 @@ from lmmops.config import GenerateConfig, ValidateConfig
 from lmmops.data import generate_all, tabular_views, validate_all
 from lmmops.data.duplicates import duplicate_counts
 from lmmops.stages import StageContext, StageFailed, write_json_atomic
-from lmmops.storage.dvc import dvc_add
+from lmmops.storage.dvc import data_differs, dvc_add
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,8 @@ def generate(cfg: GenerateConfig, ctx: StageContext) -> dict[str, float]:
     if not cfg.synthetic:
         # Real datasets dropped into data/: nothing to write, only version what is there.
         if not data_dir.is_dir():
-            raise StageFailed(f"{data_dir}: generate.synthetic is false but there is no data directory")
+            raise StageFailed(f"{data_dir}: generate.synthetic is false but there is no data directory; "
+                              "`lmmops ensure-data` restores it from the DVC cache or remote")
         summary: dict = {"out_dir": str(data_dir), "synthetic": False, "counts": {}, "totals": {}}
     else:
         if _holds_real_data(data_dir) and not cfg.overwrite_real_data:
@@ -93,16 +95,34 @@ def _duplicate_counts(data_dir: Path) -> dict[str, float]:
     return found
 
 
+def _check_versioned(ctx: StageContext, data_dir: Path) -> str | None:
+    """data.dvc's md5 of the data tree at the repo top, after checking that data/ on disk is that version;
+    None for a data tree elsewhere (tests, scratch dirs)."""
+    dvc_file = ctx.root / f"{data_dir.name}.dvc"
+    if data_dir.parent.resolve() != ctx.root.resolve() or not dvc_file.is_file():
+        return None
+    differs = data_differs(ctx.root, data_dir.name)
+    if differs:
+        raise StageFailed(
+            f"{data_dir} is not the version {dvc_file.name} records ({differs}). Run `dvc add {data_dir.name}` to "
+            f"version what is on disk, `dvc checkout {dvc_file.name}` to restore the recorded version, or "
+            "`lmmops ensure-data` if it is missing; stages only train on versioned data."
+        )
+    return tracking.dvc_data_md5(ctx.root, dvc_file.name)
+
+
 def validate(cfg: ValidateConfig, ctx: StageContext) -> dict[str, float]:
     data_dir = ctx.path(cfg.data_dir)
+    version = _check_versioned(ctx, data_dir)
     report = validate_all(cfg, ctx.root)
     text = report.format()
     out = ctx.path("reports/validate")
-    write_json_atomic(out / "report.json", report.to_dict())
+    # The data version is in the report so that the stages depending on it rerun when data.dvc changes.
+    write_json_atomic(out / "report.json", {"dvc_data_md5": version, **report.to_dict()})
     (out / "report.txt").write_text(text + "\n")
     ctx.run.log_text(text, "validate/report.txt")
     ctx.run.log_dict(report.to_dict(), "validate/report.json")
-    md5 = tracking.dvc_data_md5(ctx.root, f"{data_dir.name}.dvc") or "unversioned"
+    md5 = version or tracking.dvc_data_md5(ctx.root, f"{data_dir.name}.dvc") or "unversioned"
     for name, df in tabular_views(data_dir).items():
         ctx.run.log_dataset(df, name=name, source=str(data_dir), digest=f"{md5[:12]}-{name}"[:36],
                             context="validation")

@@ -3,7 +3,9 @@
 `data.dvc` (top level) tracks `data/`, the dataset tree: real public-format files a user dropped in,
 or the synthetic ones that `lmmops generate` writes. Because a DVC-tracked path cannot also be the
 output of a dvc.yaml stage, `generate` writes data/ and then runs `dvc add data` itself; downstream
-stages depend on `data` (and so on data.dvc's version).
+stages do not list `data` as a dep (data.dvc in the graph breaks `dvc repro` on a fresh clone): `validate`
+runs on every repro, fails unless `data_differs` finds nothing, and records data.dvc's md5 in its report,
+which the downstream stages depend on.
 
 On a fresh clone data.dvc names a version whose files are in no local cache yet: `ensure_data`
 restores them from the DVC cache, then the default remote, and only then regenerates them (the
@@ -17,6 +19,7 @@ written to `.dvc/config.local` so that no endpoint or secret is committed.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -54,6 +57,19 @@ def run_dvc(root: Path, *args: str, check: bool = True, quiet: bool = False,
 def dvc_add(root: Path, path: str = "data") -> None:
     """`dvc add <path>`: record the tree's md5 in <path>.dvc and store its files in the DVC cache."""
     run_dvc(root, "add", "--quiet", path)
+
+
+def data_differs(root: Path, path: str = "data") -> str | None:
+    """How `path` on disk differs from the version `<path>.dvc` records (e.g. "data: modified"); None if it
+    matches. `dvc status` hashes through DVC's state database, so an unchanged tree costs about a second."""
+    proc = run_dvc(root, "status", "--json", f"{path}.dvc", quiet=True)
+    try:
+        status = json.loads(proc.stdout or "{}")
+    except ValueError as exc:
+        raise DvcError(f"`dvc status --json {path}.dvc` in {root} printed no JSON: {proc.stdout!r}") from exc
+    changes = [f"{out}: {what}" for entry in status.get(f"{path}.dvc", []) if isinstance(entry, dict)
+               for out, what in entry.get("changed outs", {}).items()]
+    return ", ".join(changes) or None
 
 
 def ensure_data(root: Path, path: str = "data") -> str:
