@@ -35,7 +35,7 @@ from lmmops.rl.grpo import GrpoConfig, RLItem, train_grpo
 
 def greedy_correct(model, processor, items: list[RLItem]) -> np.ndarray:
     completions = generate_completions(model, processor, [it.prompt for it in items], images=[it.image for it in items],
-                                       max_new_tokens=64, batch_size=100)
+                                       max_new_tokens=128, batch_size=100)
     return np.array([float(a or 0.0) for a in verify_batch(completions, [it.answer for it in items])])
 
 

@@ -157,7 +157,7 @@ class BootstrapConfig:
     describe_share: float = 0.0625  # attribute questions on the ICL images (direct vision supervision)
     # generated figures (lmmops.models.bootstrap.figures; none equal to an image of data/): perception rows read a
     # figure's values, multimodal reasoning rows trace from the reading to the answer
-    perception_rows: int = 4  # rows per batch, on top of batch_size
+    perception_rows: int = 12  # rows per batch, on top of batch_size
     perception_pack: int = 6  # figures read in one perception row (as wide as an 8-shot ICL episode)
     perception_figures: int = 4000  # per domain (multimath, geo, perce_reason)
     multimodal_examples: int = 2000  # per domain: the figures of the multimodal reasoning rows
@@ -187,7 +187,7 @@ class BootstrapConfig:
     eval_max_new_tokens: int = 96
     figure_eval_items: int = 200  # fresh items per figure domain (reading, task, blind, pass@k)
     figure_eval_samples: int = 8  # samples per item at temperature 1 for pass@k
-    figure_eval_max_new_tokens: int = 64
+    figure_eval_max_new_tokens: int = 128
 
 
 # ----------------------------------------------------------------------------------------------------

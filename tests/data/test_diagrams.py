@@ -9,7 +9,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from lmmops.data.synthetic.diagrams import SUBSET_KINDS, HeldOut, draw_problem, draw_split
+from lmmops.data.synthetic.diagrams import SUBSET_KINDS, SUBSETS, HeldOut, draw_problem, draw_split, plan_steps
 
 NUMBER = re.compile(r"\d+")
 
@@ -82,3 +82,28 @@ def test_a_problem_space_too_small_for_the_split_is_an_error() -> None:
 
     with pytest.raises(ValueError, match="too few distinct items"):
         draw_split("geo", 1, np.random.default_rng(0), 32, 0.0, avoid=Everything())
+
+
+@pytest.mark.parametrize(("plan", "steps"), [
+    ("x = 180 - 35 - 70", ["180 - 35 = 145", "145 - 70 = 75"]),
+    ("x = 360 - 91 - 56 - 77", ["360 - 91 = 269", "269 - 56 = 213", "213 - 77 = 136"]),
+    ("2 * (8 + 59)", ["8 + 59 = 67", "2 * 67 = 134"]),
+    ("5 * (3 + 2 + 3)", ["3 + 2 = 5", "5 + 3 = 8", "5 * 8 = 40"]),
+    ("2 + 3 * 4", ["3 * 4 = 12", "2 + 12 = 14"]),  # * before +
+    ("4 / 8", ["4 / 8 = 1 / 2"]),
+    ("11 / 12", []),  # already in lowest terms
+    ("red: 4", []),
+    ("total: 3 + 1 + 1", ["3 + 1 = 4", "4 + 1 = 5"]),
+])
+def test_plan_steps_hand_computed(plan: str, steps: list[str]) -> None:
+    assert plan_steps(plan) == steps
+
+
+def test_every_kind_steps_end_at_its_value() -> None:
+    rng = np.random.default_rng(4)
+    for subset in SUBSETS:
+        for i in range(60):
+            p = draw_problem(subset, rng, 32, kind_index=i)
+            if p.steps:
+                result = Fraction(*map(int, p.steps[-1].split(" = ")[-1].split(" / ")))
+                assert result == _evaluate(p.plan), (p.plan, p.steps)

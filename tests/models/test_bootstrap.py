@@ -14,6 +14,7 @@ import torch
 
 from lmmops.models.bootstrap.batches import drill_row, encode, sample_batch, sub_batches
 from lmmops.models.bootstrap.corpus import corpus_texts, drill_equations, extra_math_rows, load_corpora
+from lmmops.models.bootstrap.figures import reasoning_completion
 from lmmops.models.bootstrap.model import build_processor
 from lmmops.models.bootstrap.train import combine_losses, group_losses, mean_group_losses, train
 
@@ -234,6 +235,11 @@ def test_figure_rows_read_the_values_and_trace_from_the_reading(data_dir: Path) 
     (mm,) = [r for r in rows if r.group == "mm_reasoning"]
     trace = tok.decode([i for i, lab in zip(mm.ids, mm.labels, strict=True) if lab], skip_special_tokens=True)
     assert trace.startswith("<think>The figure shows ") and "work out the answer" not in trace
+    for figure in corpora.figures.reasoning:  # the trace works the plan out one equation at a time
+        completion = reasoning_completion(figure.problem)
+        assert all(f"{step}." in completion for step in figure.problem.steps)
+        assert completion.startswith(f"<think>The figure shows {figure.problem.reading} . {figure.problem.plan}")
+        assert (f"is choice {figure.problem.answer}." in completion) == (figure.problem.options is not None)
     assert trace.count("<answer>$\\boxed{") == 2 and len(mm.images) == 2
 
 

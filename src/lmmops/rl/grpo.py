@@ -43,7 +43,7 @@ class GrpoConfig:
     group_size: int = 8
     lr: float = 5e-5
     temperature: float = 1.0
-    max_new_tokens: int = 64
+    max_new_tokens: int = 128  # the longest figure trace (a quadrilateral worked out) is ~95 tokens
     seconds: float = 360.0  # wall-clock budget; training stops at the first step that ends past it
     max_steps: int = 0  # 0 = no step limit
     format_weight: float = 0.5

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from fractions import Fraction
@@ -82,6 +83,66 @@ class FigureProblem:
     def value(self) -> str:
         """The answer's value (for multiple choice: the text of the correct option)."""
         return self.answer if self.options is None else self.options[LETTERS.index(self.answer)]
+
+    @property
+    def steps(self) -> list[str]:
+        """The plan worked out as equations, one operation each (see `plan_steps`)."""
+        return plan_steps(self.plan)
+
+
+_TOKEN = re.compile(r"\d+|[-+*/()]")
+
+
+def plan_steps(plan: str) -> list[str]:
+    """The arithmetic of a plan as the equations a solver writes one after another: brackets first, then `*`
+    and `/`, then `+` and `-`, left to right. "x = 180 - 35 - 70" -> ["180 - 35 = 145", "145 - 70 = 75"];
+    "2 * (8 + 59)" -> ["8 + 59 = 67", "2 * 67 = 134"]; "4 / 8" -> ["4 / 8 = 1 / 2"] (a fraction already in
+    lowest terms gives none); a single value ("red: 4") gives none. The text before the last `=` or `:` is a
+    label."""
+    tokens = _TOKEN.findall(re.split(r"[=:]", plan)[-1])
+    steps: list[str] = []
+    pos = 0
+
+    def show(v: Fraction) -> str:
+        return str(v.numerator) if v.denominator == 1 else f"{v.numerator} / {v.denominator}"
+
+    def atom() -> Fraction:
+        nonlocal pos
+        token = tokens[pos]
+        pos += 1
+        if token == "(":
+            value = terms()
+            pos += 1  # ")"
+            return value
+        return Fraction(int(token))
+
+    def apply(left: Fraction, op: str, right: Fraction) -> Fraction:
+        value = {"+": left + right, "-": left - right, "*": left * right, "/": left / right}[op]
+        if op != "/" or value.denominator != right or value.numerator != left:  # k / n in lowest terms: no step
+            steps.append(f"{show(left)} {op} {show(right)} = {show(value)}")
+        return value
+
+    def factors() -> Fraction:
+        nonlocal pos
+        value = atom()
+        while pos < len(tokens) and tokens[pos] in "*/":
+            op = tokens[pos]
+            pos += 1
+            value = apply(value, op, atom())
+        return value
+
+    def terms() -> Fraction:
+        nonlocal pos
+        value = factors()
+        while pos < len(tokens) and tokens[pos] in "+-":
+            op = tokens[pos]
+            pos += 1
+            value = apply(value, op, factors())
+        return value
+
+    if tokens:
+        terms()
+    return steps
 
 
 def _ri(rng: np.random.Generator, lo: int, hi: int) -> int:
@@ -226,11 +287,14 @@ PLURAL = {"circle": "circles", "square": "squares", "triangle": "triangles", "cr
 _PAIRS = [(c, s) for c in COLOURS for s in SHAPES]
 
 
-def _shape_groups(rng: np.random.Generator, cells: int, lo: int) -> list[tuple[str, str, int]]:
-    """(colour, shape, count 1-4) for `cells` cells (at least `lo` non-empty; empty cells have count 0)."""
+def _shape_groups(rng: np.random.Generator, cells: int, lo: int, hi: int) -> list[tuple[str, str, int]]:
+    """(colour, shape, count 1-4) for `cells` cells, `lo` to `hi` of them non-empty (empty cells have count 0).
+
+    At most two groups by default use: a reading of two groups ("3 red squares , 2 blue circles") is about half
+    as long as one of four, and a figure read right is then twice as likely (each group is a chance to err)."""
     picks = rng.choice(len(_PAIRS), size=cells, replace=False)
     counts = [_ri(rng, 0, 4) for _ in range(cells)]
-    while sum(c > 0 for c in counts) < lo:
+    while not lo <= sum(c > 0 for c in counts) <= hi:
         counts = [_ri(rng, 0, 4) for _ in range(cells)]
     return [(*_PAIRS[int(p)], n) for p, n in zip(picks, counts, strict=True)]
 
@@ -240,7 +304,7 @@ def _group_reading(groups: list[tuple[str, str, int]]) -> str:
 
 
 def perce_count(rng: np.random.Generator, size: int, values_in_text: bool) -> FigureProblem:
-    groups = _shape_groups(rng, 4, lo=2)
+    groups = _shape_groups(rng, 4, lo=2, hi=2)
     fig = _Figure(size)
     for cell, (colour, shape, n) in enumerate(groups):
         fig.shapes(cell, colour, shape, n)
@@ -274,7 +338,7 @@ def perce_count(rng: np.random.Generator, size: int, values_in_text: bool) -> Fi
 
 def perce_price(rng: np.random.Generator, size: int, values_in_text: bool) -> FigureProblem:
     price = _ri(rng, 2, 30)
-    groups = _shape_groups(rng, 3, lo=1)
+    groups = _shape_groups(rng, 3, lo=1, hi=2)
     fig = _Figure(size)
     fig.write(0, str(price))
     for cell, (colour, shape, n) in enumerate(groups, start=1):
@@ -330,16 +394,17 @@ def mm_rectangle(rng: np.random.Generator, size: int, values_in_text: bool) -> F
 
 
 def mm_shaded_fraction(rng: np.random.Generator, size: int, values_in_text: bool) -> FigureProblem:
-    cols, rows = int(rng.choice([2, 3, 4])), int(rng.choice([2, 3, 4]))
+    # The grid fills the figure and its lines fall on the 2x2 cells' edges, so each vision patch sees whole grid
+    # cells (1, 2 or 4 of them) and the count is a sum over patches.
+    cols, rows = int(rng.choice([2, 4])), int(rng.choice([2, 4]))
     n = cols * rows
     k = _ri(rng, 1, n - 1)
     shaded = tuple(sorted(int(i) for i in rng.choice(n, size=k, replace=False)))
     fig = _Figure(size)
-    cell = (size - 2) // max(cols, rows)
-    x0, y0 = (size - cols * cell) // 2, (size - rows * cell) // 2
+    w, h = size // cols, size // rows
     for i in range(n):
-        cx, cy = x0 + (i % cols) * cell, y0 + (i // cols) * cell
-        fig.draw.rectangle((cx, cy, cx + cell, cy + cell), outline=INK,
+        cx, cy = (i % cols) * w, (i // cols) * h
+        fig.draw.rectangle((cx, cy, cx + w - 1, cy + h - 1), outline=INK,
                            fill=COLOUR_RGB["blue"] if i in shaded else WHITE)
     stem = "What fraction of the grid is shaded? Give the answer as a fraction in lowest terms."
     if values_in_text:

@@ -178,16 +178,25 @@ def sample_batch(rng: np.random.Generator, corpora: Corpora, enc: Encoded, tok: 
         rows.append(reasoning_row(enc, tok, [(reasoning_prompt(m.problem), m.solution or "", None)
                                              for m in (corpora.math[int(i)] for i in picks)], "reasoning"))
     # Perception rows come on top of batch_size, after the rows above, so that those stay what they were.
-    perception = corpora.figures.perception
-    for _ in range(cfg.perception_rows if perception else 0):
-        picks = rng.choice(len(perception), size=min(cfg.perception_pack, len(perception)), replace=False)
-        rows.append(reasoning_row(enc, tok, [(reading_prompt(), reading_completion(perception[i].problem),
-                                              f"figure:perception:{i}") for i in map(int, picks)], "perception"))
+    rows += perception_rows(rng, corpora, enc, tok, cfg)
     # Drawn last so that the ordinary rows are the same whether or not long episodes are configured.
     for _ in range(n_long):
         row = icl_episode(cfg.long_max_shots)
         row.long = True
         rows.append(row)
+    return rows
+
+
+def perception_rows(rng: np.random.Generator, corpora: Corpora, enc: Encoded, tok: Any, cfg: BootstrapConfig
+                    ) -> list[Row]:
+    """`cfg.perception_rows` rows, each reading `cfg.perception_pack` generated figures ("What does the figure
+    show?" -> its values)."""
+    perception = corpora.figures.perception
+    rows = []
+    for _ in range(cfg.perception_rows if perception else 0):
+        picks = rng.choice(len(perception), size=min(cfg.perception_pack, len(perception)), replace=False)
+        rows.append(reasoning_row(enc, tok, [(reading_prompt(), reading_completion(perception[i].problem),
+                                              f"figure:perception:{i}") for i in map(int, picks)], "perception"))
     return rows
 
 

@@ -60,8 +60,14 @@ def reading_completion(problem: FigureProblem) -> str:
 
 
 def reasoning_completion(problem: FigureProblem) -> str:
-    """The trace of a multimodal reasoning row: what was read, the plan, then the boxed answer."""
-    return (f"<think>The figure shows {problem.reading} . {problem.plan} .</think>"
+    """The trace of a multimodal reasoning row: what was read, the plan, its arithmetic one equation at a time in
+    the style of the text traces ("..., so 180 - 35 = 145. 145 - 70 = 75."), for multiple choice the option
+    that value is, then the boxed answer. The written-out equations let the arithmetic the text rows (and
+    text-only RL) teach carry over to figures."""
+    steps = problem.steps
+    work = f"{problem.plan}, so {'. '.join(steps)}." if steps else f"{problem.plan}."
+    choice = f" {problem.value} is choice {problem.answer}." if problem.options else ""
+    return (f"<think>The figure shows {problem.reading} . {work}{choice}</think>"
             f"<answer>$\\boxed{{{problem.answer}}}$</answer>")
 
 
