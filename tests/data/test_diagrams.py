@@ -9,7 +9,8 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from lmmops.data.synthetic.diagrams import SUBSET_KINDS, SUBSETS, HeldOut, draw_problem, draw_split, plan_steps
+from lmmops.data.synthetic.diagrams import SUBSET_KINDS, SUBSETS, HeldOut, draw_problem, draw_split
+from lmmops.data.synthetic.steps import plan_steps
 
 NUMBER = re.compile(r"\d+")
 

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from fractions import Fraction
@@ -48,6 +47,7 @@ from lmmops.data.synthetic.deepscaler import latex
 from lmmops.data.synthetic.draw import draw_shape, draw_text, text_size
 from lmmops.data.synthetic.io import save_png, split_seed, write_jsonl
 from lmmops.data.synthetic.scenes import COLOUR_RGB, COLOURS, SHAPES
+from lmmops.data.synthetic.steps import plan_steps
 
 FAMILY_OFFSET = 303
 SUBSET_OFFSETS = {"multimath": 0, "geo": 10, "perce_reason": 20}
@@ -88,61 +88,6 @@ class FigureProblem:
     def steps(self) -> list[str]:
         """The plan worked out as equations, one operation each (see `plan_steps`)."""
         return plan_steps(self.plan)
-
-
-_TOKEN = re.compile(r"\d+|[-+*/()]")
-
-
-def plan_steps(plan: str) -> list[str]:
-    """The arithmetic of a plan as the equations a solver writes one after another: brackets first, then `*`
-    and `/`, then `+` and `-`, left to right. "x = 180 - 35 - 70" -> ["180 - 35 = 145", "145 - 70 = 75"];
-    "2 * (8 + 59)" -> ["8 + 59 = 67", "2 * 67 = 134"]; "4 / 8" -> ["4 / 8 = 1 / 2"] (a fraction already in
-    lowest terms gives none); a single value ("red: 4") gives none. The text before the last `=` or `:` is a
-    label."""
-    tokens = _TOKEN.findall(re.split(r"[=:]", plan)[-1])
-    steps: list[str] = []
-    pos = 0
-
-    def show(v: Fraction) -> str:
-        return str(v.numerator) if v.denominator == 1 else f"{v.numerator} / {v.denominator}"
-
-    def atom() -> Fraction:
-        nonlocal pos
-        token = tokens[pos]
-        pos += 1
-        if token == "(":
-            value = terms()
-            pos += 1  # ")"
-            return value
-        return Fraction(int(token))
-
-    def apply(left: Fraction, op: str, right: Fraction) -> Fraction:
-        value = {"+": left + right, "-": left - right, "*": left * right, "/": left / right}[op]
-        if op != "/" or value.denominator != right or value.numerator != left:  # k / n in lowest terms: no step
-            steps.append(f"{show(left)} {op} {show(right)} = {show(value)}")
-        return value
-
-    def factors() -> Fraction:
-        nonlocal pos
-        value = atom()
-        while pos < len(tokens) and tokens[pos] in "*/":
-            op = tokens[pos]
-            pos += 1
-            value = apply(value, op, atom())
-        return value
-
-    def terms() -> Fraction:
-        nonlocal pos
-        value = factors()
-        while pos < len(tokens) and tokens[pos] in "+-":
-            op = tokens[pos]
-            pos += 1
-            value = apply(value, op, factors())
-        return value
-
-    if tokens:
-        terms()
-    return steps
 
 
 def _ri(rng: np.random.Generator, lo: int, hi: int) -> int:
